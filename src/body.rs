@@ -1,0 +1,161 @@
+//! The response body handed back to the async side.
+//!
+//! A response produced in one frame (the common case) arrives with its head
+//! in a single message and costs no channel. A longer response is streamed
+//! through a bounded per-response channel: the worker reserves a slot before
+//! it polls the inner body, so a reader that stops costs at most
+//! `body_buffer` frames of memory and never a blocked thread.
+//!
+//! The worker ends every streamed response with an explicit end marker. A
+//! channel that closes without one means the producer died, and the body
+//! ends with [`WorkerGone`] rather than a clean (truncated) end.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::mpsc;
+
+use crate::error::{BoxError, WorkerGone};
+
+/// One item on a response's channel, from the worker to the body.
+pub(crate) enum Msg {
+    /// The next frame of the response.
+    Frame(Frame<Bytes>),
+    /// The inner body failed; nothing follows.
+    Error(BoxError),
+    /// The inner body ended cleanly; nothing follows.
+    End,
+}
+
+/// The sending half kept by the worker.
+pub(crate) type FrameSender = mpsc::Sender<Msg>;
+
+/// The body of every response from [`ThreadAffinity`](crate::ThreadAffinity).
+///
+/// It carries data and trailer frames in the order the inner body produced
+/// them, the inner body's `size_hint` (counted down as data arrives, so an
+/// exact hint stays exact and hyper keeps `Content-Length`) and
+/// `is_end_stream`. A failure after the head — an inner body error, a panic
+/// while producing a frame, a worker that stopped — is a body error, never a
+/// clean early end.
+///
+/// Dropping it cancels the response: the worker stops polling the inner body
+/// and drops it on its own thread.
+pub struct ThreadAffinityBody {
+    kind: Kind,
+    hint: SizeHint,
+}
+
+enum Kind {
+    /// Everything the inner body produced, already here: zero or one item.
+    Ready(Option<Result<Frame<Bytes>, BoxError>>),
+    /// Frames still being produced on the worker.
+    Streaming { rx: mpsc::Receiver<Msg>, ended: bool },
+}
+
+impl ThreadAffinityBody {
+    /// A body whose only frame (if any) is already known.
+    pub(crate) fn ready(item: Option<Result<Frame<Bytes>, BoxError>>, hint: SizeHint) -> Self {
+        Self {
+            kind: Kind::Ready(item),
+            hint,
+        }
+    }
+
+    /// A body of one data chunk.
+    pub(crate) fn full(data: Bytes) -> Self {
+        let hint = SizeHint::with_exact(data.len() as u64);
+        let item = (!data.is_empty()).then(|| Ok(Frame::data(data)));
+        Self::ready(item, hint)
+    }
+
+    /// A streamed body, fed by the worker through a channel of `capacity`.
+    pub(crate) fn channel(capacity: usize, hint: SizeHint) -> (FrameSender, Self) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let body = Self {
+            kind: Kind::Streaming { rx, ended: false },
+            hint,
+        };
+        (tx, body)
+    }
+
+    /// Counts a delivered data frame off the remaining size.
+    fn consumed(&mut self, len: usize) {
+        let len = len as u64;
+        let lower = self.hint.lower().saturating_sub(len);
+        match self.hint.upper() {
+            Some(upper) => {
+                let upper = upper.saturating_sub(len).max(lower);
+                self.hint = SizeHint::new();
+                self.hint.set_upper(upper);
+                self.hint.set_lower(lower);
+            }
+            None => self.hint.set_lower(lower),
+        }
+    }
+}
+
+impl Body for ThreadAffinityBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let item = match &mut this.kind {
+            Kind::Ready(item) => item.take(),
+            Kind::Streaming { ended: true, .. } => None,
+            Kind::Streaming { rx, ended } => match std::task::ready!(rx.poll_recv(cx)) {
+                Some(Msg::Frame(frame)) => Some(Ok(frame)),
+                Some(Msg::Error(error)) => {
+                    *ended = true;
+                    Some(Err(error))
+                }
+                Some(Msg::End) => {
+                    *ended = true;
+                    None
+                }
+                // The worker dropped its sender without an end marker.
+                None => {
+                    *ended = true;
+                    Some(Err(WorkerGone::new().into()))
+                }
+            },
+        };
+        if let Some(Ok(frame)) = &item {
+            if let Some(data) = frame.data_ref() {
+                this.consumed(data.remaining());
+            }
+        }
+        Poll::Ready(item)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Ready(item) => item.is_none(),
+            Kind::Streaming { ended, .. } => *ended,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint.clone()
+    }
+}
+
+impl fmt::Debug for ThreadAffinityBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Ready(_) => "ready",
+            Kind::Streaming { .. } => "streaming",
+        };
+        f.debug_struct("ThreadAffinityBody")
+            .field("kind", &kind)
+            .field("size_hint", &self.hint)
+            .finish()
+    }
+}

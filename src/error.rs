@@ -1,0 +1,128 @@
+//! Errors and the responses the layer gives for its own failures.
+//!
+//! The layer never adds a variant to the inner service's error type: like
+//! tower-http's `Timeout`, it answers its own failures with a status code, so
+//! a service whose error is `Infallible` stays `Infallible` and drops straight
+//! into axum and tonic.
+//!
+//! | failure                                   | before the head          | after the head               |
+//! |-------------------------------------------|--------------------------|------------------------------|
+//! | queue full                                | `503 Service Unavailable`| —                            |
+//! | pool shut down                            | `503 Service Unavailable`| —                            |
+//! | panic in the inner service                | `500 Internal Server Error` | body error [`Panicked`]   |
+//! | worker thread died                        | `500 Internal Server Error` | body error [`WorkerGone`] |
+//! | inner body error                          | —                        | body error (the inner error) |
+//!
+//! Each status response carries a short `text/plain` body saying what happened.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::ThreadAffinityBody;
+
+/// A type-erased error, as used by the body of every response.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The inner service panicked while producing a response body.
+///
+/// Yielded by [`ThreadAffinityBody`] when the panic came after the head had
+/// been sent; before that, the caller gets a `500` response instead.
+#[derive(Debug)]
+pub struct Panicked {
+    message: String,
+}
+
+impl Panicked {
+    pub(crate) fn new(payload: &(dyn std::any::Any + Send)) -> Self {
+        let message = if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            String::from("non-string panic payload")
+        };
+        Self { message }
+    }
+
+    /// The panic message, when the payload was a string.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Panicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "inner service panicked: {}", self.message)
+    }
+}
+
+impl std::error::Error for Panicked {}
+
+/// The worker thread stopped before the response ended.
+///
+/// Yielded by [`ThreadAffinityBody`] instead of a clean end of stream, so a
+/// truncated response is never mistaken for a complete one.
+#[derive(Debug)]
+pub struct WorkerGone {
+    _priv: (),
+}
+
+impl WorkerGone {
+    pub(crate) fn new() -> Self {
+        Self { _priv: () }
+    }
+}
+
+impl fmt::Display for WorkerGone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("worker thread stopped before the response ended")
+    }
+}
+
+impl std::error::Error for WorkerGone {}
+
+/// Why the layer answered a request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The shared queue is full.
+    Overloaded,
+    /// The pool is shutting down.
+    ShutDown,
+    /// The inner service panicked before its head was sent.
+    Panicked,
+    /// The worker thread stopped before answering.
+    WorkerGone,
+}
+
+impl Failure {
+    fn status(self) -> StatusCode {
+        match self {
+            Failure::Overloaded | Failure::ShutDown => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Panicked | Failure::WorkerGone => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Failure::Overloaded => "service overloaded: request queue is full\n",
+            Failure::ShutDown => "service is shutting down\n",
+            Failure::Panicked => "internal error: handler panicked\n",
+            Failure::WorkerGone => "internal error: worker thread stopped\n",
+        }
+    }
+
+    /// The plain-text response for this failure.
+    pub(crate) fn response(self) -> Response<ThreadAffinityBody> {
+        let mut response = Response::new(ThreadAffinityBody::full(Bytes::from_static(
+            self.message().as_bytes(),
+        )));
+        *response.status_mut() = self.status();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+}

@@ -1,0 +1,128 @@
+//! A shield between the worker and user code that may panic.
+//!
+//! Every poll of the inner future and body, every `is_end_stream` and
+//! `size_hint`, and the final drop run inside `catch_unwind`, so that a panic
+//! fails one request instead of unwinding through the worker's event loop.
+//! A panicked value is never polled again; it is only dropped, also inside
+//! `catch_unwind`.
+
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::error::{BoxError, Panicked};
+
+/// Runs `f`, turning a panic into [`Panicked`].
+pub(crate) fn guard<T>(f: impl FnOnce() -> T) -> Result<T, Panicked> {
+    // AssertUnwindSafe: a value that panicked is never used again; it is
+    // only dropped.
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| Panicked::new(&*payload))
+}
+
+/// A frame as it leaves the worker: data as `Bytes`, errors boxed.
+pub(crate) type FrameResult = Option<Result<Frame<Bytes>, BoxError>>;
+
+pin_project! {
+    /// Owns a value from user code and drops it behind `catch_unwind`.
+    pub(crate) struct Guarded<T> {
+        #[pin]
+        inner: Option<T>,
+    }
+
+    impl<T> PinnedDrop for Guarded<T> {
+        fn drop(this: Pin<&mut Self>) {
+            this.clear();
+        }
+    }
+}
+
+impl<T> Guarded<T> {
+    pub(crate) fn new(inner: T) -> Self {
+        Self { inner: Some(inner) }
+    }
+
+    /// Drops the value now, on this thread, catching a panic in its `Drop`.
+    pub(crate) fn clear(self: Pin<&mut Self>) {
+        let mut inner = self.project().inner;
+        let _ = guard(move || inner.set(None));
+    }
+}
+
+impl<F: Future> Guarded<F> {
+    /// Polls the future; after a panic the future is dropped.
+    pub(crate) fn poll_future(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<F::Output, Panicked>> {
+        let polled = {
+            let inner = self.as_mut().project().inner;
+            guard(move || match inner.as_pin_mut() {
+                Some(future) => future.poll(cx),
+                None => Poll::Pending,
+            })
+        };
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => {
+                self.clear();
+                Poll::Ready(Ok(output))
+            }
+            Err(panic) => {
+                self.clear();
+                Poll::Ready(Err(panic))
+            }
+        }
+    }
+}
+
+impl<B> Guarded<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    /// Polls the next frame, with data turned into `Bytes` (without a copy
+    /// when it already is `Bytes`); after a panic the body is dropped.
+    pub(crate) fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<FrameResult, Panicked>> {
+        let polled = {
+            let inner = self.as_mut().project().inner;
+            guard(move || match inner.as_pin_mut() {
+                Some(body) => body.poll_frame(cx),
+                None => Poll::Ready(None),
+            })
+        };
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(frame)) => Poll::Ready(Ok(frame.map(|frame| {
+                frame
+                    .map(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining())))
+                    .map_err(Into::into)
+            }))),
+            Err(panic) => {
+                self.clear();
+                Poll::Ready(Err(panic))
+            }
+        }
+    }
+
+    pub(crate) fn is_end_stream(&self) -> Result<bool, Panicked> {
+        match &self.inner {
+            Some(body) => guard(|| body.is_end_stream()),
+            None => Ok(true),
+        }
+    }
+
+    pub(crate) fn size_hint(&self) -> Result<SizeHint, Panicked> {
+        match &self.inner {
+            Some(body) => guard(|| body.size_hint()),
+            None => Ok(SizeHint::with_exact(0)),
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The service: sends each request to a worker and awaits its head.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use http_body::Body;
+use tokio::sync::oneshot;
+use tower_service::Service;
+
+use crate::error::BoxError;
+use crate::future::ResponseFuture;
+use crate::pool::{Call, Pool};
+use crate::ThreadAffinityBody;
+
+/// Runs an inner service on the worker threads of a [`ThreadAffinityLayer`].
+///
+/// Made by [`ThreadAffinityLayer::layer`]. Cheap to clone; clones share the
+/// pool and the workers' instances of the inner service. Each worker makes
+/// its own instance (a clone of the service given to the layer) the first
+/// time it serves a request for it, and drops it on its own thread when the
+/// pool shuts down.
+///
+/// The inner service's future and response body need not be `Send`: they
+/// are created, polled and dropped on one worker thread. Only the request
+/// and the response frames cross threads.
+///
+/// # Errors
+///
+/// The error type is the inner service's: the layer answers its own
+/// failures with a response (see [`error`](crate::error)).
+///
+/// [`ThreadAffinityLayer`]: crate::ThreadAffinityLayer
+/// [`ThreadAffinityLayer::layer`]: crate::ThreadAffinityLayer
+pub struct ThreadAffinity<S> {
+    shared: Arc<Shared<S>>,
+}
+
+/// What every clone of one `ThreadAffinity` shares.
+pub(crate) struct Shared<S> {
+    id: u64,
+    pool: Pool,
+    // Cloned once per worker, on that worker; the lock makes `S: Send`
+    // enough for the handle to be `Sync`.
+    prototype: Mutex<S>,
+}
+
+impl<S> Shared<S> {
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn make(&self) -> S
+    where
+        S: Clone,
+    {
+        self.prototype
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl<S> ThreadAffinity<S> {
+    pub(crate) fn new(inner: S, pool: Pool) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                id: pool.next_service_id(),
+                pool,
+                prototype: Mutex::new(inner),
+            }),
+        }
+    }
+}
+
+impl<S> Clone for ThreadAffinity<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ThreadAffinity<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ThreadAffinityBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Error>;
+
+    /// Always ready: a full queue is answered with `503` by `call`.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let (tx, rx) = oneshot::channel();
+        let job = Box::new(Call::new(self.shared.clone(), request, tx));
+        match self.shared.pool.submit(job) {
+            Ok(()) => ResponseFuture::waiting(rx),
+            Err(failure) => ResponseFuture::failed(failure),
+        }
+    }
+}
+
+impl<S> fmt::Debug for ThreadAffinity<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadAffinity")
+            .field("service", &std::any::type_name::<S>())
+            .field("id", &self.shared.id)
+            .field("pool", &self.shared.pool)
+            .finish()
+    }
+}
