@@ -53,7 +53,10 @@ enum Kind {
     /// Everything the inner body produced, already here: zero or one item.
     Ready(Option<Result<Frame<Bytes>, BoxError>>),
     /// Frames still being produced on the worker.
-    Streaming { rx: mpsc::Receiver<Msg>, ended: bool },
+    Streaming {
+        rx: mpsc::Receiver<Msg>,
+        ended: bool,
+    },
 }
 
 impl ThreadAffinityBody {
@@ -143,7 +146,7 @@ impl Body for ThreadAffinityBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 

@@ -28,7 +28,7 @@ enum State<E> {
     /// Waiting for the worker's reply.
     Waiting(oneshot::Receiver<Reply<E>>),
     /// Answered by the layer itself, without reaching a worker.
-    Answered(Option<Response<ThreadAffinityBody>>),
+    Failed(Option<Failure>),
 }
 
 impl<E> ResponseFuture<E> {
@@ -40,7 +40,7 @@ impl<E> ResponseFuture<E> {
 
     pub(crate) fn failed(failure: Failure) -> Self {
         Self {
-            state: State::Answered(Some(failure.response())),
+            state: State::Failed(Some(failure)),
         }
     }
 }
@@ -56,9 +56,10 @@ impl<E> Future for ResponseFuture<E> {
                 // thread died while holding it.
                 Err(_) => Ok(Failure::WorkerGone.response()),
             }),
-            State::Answered(response) => Poll::Ready(Ok(response
+            State::Failed(failure) => Poll::Ready(Ok(failure
                 .take()
-                .expect("ResponseFuture polled after completion"))),
+                .expect("ResponseFuture polled after completion")
+                .response())),
         }
     }
 }
@@ -67,7 +68,7 @@ impl<E> fmt::Debug for ResponseFuture<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Waiting(_) => "waiting",
-            State::Answered(_) => "answered",
+            State::Failed(_) => "failed",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)

@@ -1,11 +1,11 @@
-//! The layer and its builder.
+//! The layer.
 
 use std::fmt;
 
 use tower_layer::Layer;
 
-use crate::pool::{Config, Pool};
-use crate::ThreadAffinity;
+use crate::pool::Pool;
+use crate::{Builder, ThreadAffinity, WorkerId};
 
 /// Wraps services so that they run on a fixed pool of worker threads.
 ///
@@ -52,9 +52,49 @@ impl ThreadAffinityLayer {
     pub fn builder() -> Builder {
         Builder::new()
     }
+
+    pub(crate) fn from_pool(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    /// Runs a service that `factory` builds on each worker thread, the first
+    /// time that worker serves it.
+    ///
+    /// For services that are not `Send` or not `Clone`: a `rusqlite`
+    /// connection, an `Rc<RefCell<_>>` cache, a raw FFI handle. The instance
+    /// never leaves its worker; it is dropped there when the pool shuts down.
+    ///
+    /// ```
+    /// use std::cell::RefCell;
+    /// use std::rc::Rc;
+    /// use http::{Request, Response};
+    /// use tower_affinity::{blocking, ThreadAffinityLayer, WorkerId};
+    ///
+    /// let layer = ThreadAffinityLayer::new(2);
+    /// let svc = layer.service_with(|worker: WorkerId| {
+    ///     // Built on the worker: `Rc` never crosses threads.
+    ///     let hits = Rc::new(RefCell::new(0u64));
+    ///     blocking::service_fn(move |_req: Request<()>| {
+    ///         *hits.borrow_mut() += 1;
+    ///         Response::new(format!("{worker}: {} hits", hits.borrow()))
+    ///     })
+    /// });
+    /// // With axum: Router::new().route_service("/hits", svc)
+    /// # let _ = svc;
+    /// ```
+    pub fn service_with<S, F>(&self, factory: F) -> ThreadAffinity<S>
+    where
+        F: Fn(WorkerId) -> S + Send + Sync + 'static,
+    {
+        ThreadAffinity::with_factory(self.pool.clone(), factory)
+    }
 }
 
-impl<S> Layer<S> for ThreadAffinityLayer {
+/// Wraps `S`, which each worker clones once, on first use there.
+impl<S> Layer<S> for ThreadAffinityLayer
+where
+    S: Clone + Send + 'static,
+{
     type Service = ThreadAffinity<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -67,109 +107,5 @@ impl fmt::Debug for ThreadAffinityLayer {
         f.debug_struct("ThreadAffinityLayer")
             .field("pool", &self.pool)
             .finish()
-    }
-}
-
-/// Configures a [`ThreadAffinityLayer`].
-///
-/// | setting                      | default                       | bounds                                        |
-/// |------------------------------|-------------------------------|-----------------------------------------------|
-/// | [`workers`](Self::workers)   | available parallelism         | threads in the pool                           |
-/// | [`queue_capacity`](Self::queue_capacity) | 1024              | requests waiting for a worker; more get `503` |
-/// | [`max_streams_per_worker`](Self::max_streams_per_worker) | 64 | requests one worker serves at once         |
-/// | [`body_buffer`](Self::body_buffer) | 8                       | frames buffered per streamed response         |
-/// | [`thread_name`](Self::thread_name) | `"tower-affinity"`      | threads are named `{prefix}-{index}`          |
-#[derive(Debug, Clone)]
-#[must_use = "a builder does nothing until `build` is called"]
-pub struct Builder {
-    config: Config,
-}
-
-impl Builder {
-    fn new() -> Self {
-        let workers = std::thread::available_parallelism().map_or(1, usize::from);
-        Self {
-            config: Config {
-                workers,
-                queue_capacity: 1024,
-                max_streams_per_worker: 64,
-                body_buffer: 8,
-                thread_name: String::from("tower-affinity"),
-            },
-        }
-    }
-
-    /// How many worker threads the pool runs.
-    ///
-    /// # Panics
-    ///
-    /// If `n` is 0.
-    pub fn workers(mut self, n: usize) -> Self {
-        assert!(n > 0, "tower-affinity: workers must be at least 1");
-        self.config.workers = n;
-        self
-    }
-
-    /// How many requests may wait for a worker. When the queue is full, a
-    /// new request is answered at once with `503 Service Unavailable`.
-    ///
-    /// # Panics
-    ///
-    /// If `n` is 0.
-    pub fn queue_capacity(mut self, n: usize) -> Self {
-        assert!(n > 0, "tower-affinity: queue_capacity must be at least 1");
-        self.config.queue_capacity = n;
-        self
-    }
-
-    /// How many requests one worker serves at once, from the call to the end
-    /// of the response body. A worker takes new requests from the queue only
-    /// while it serves fewer than this.
-    ///
-    /// Interleaving is what keeps a slow client from tying up a thread: while
-    /// one response waits for its reader, the worker produces frames for
-    /// others. It also means that two requests' code alternates on one
-    /// thread, between frames. Legacy code that keeps per-request state in
-    /// thread-locals wants `1`: each request then has its worker to itself
-    /// until its response ends, and a slow reader holds that worker.
-    ///
-    /// # Panics
-    ///
-    /// If `n` is 0.
-    pub fn max_streams_per_worker(mut self, n: usize) -> Self {
-        assert!(n > 0, "tower-affinity: max_streams_per_worker must be at least 1");
-        self.config.max_streams_per_worker = n;
-        self
-    }
-
-    /// How many frames of one streamed response may wait for its reader.
-    /// When they are all taken, the worker stops polling that body until the
-    /// reader makes room. Memory per stalled stream is about this many
-    /// frames.
-    ///
-    /// # Panics
-    ///
-    /// If `n` is 0.
-    pub fn body_buffer(mut self, n: usize) -> Self {
-        assert!(n > 0, "tower-affinity: body_buffer must be at least 1");
-        self.config.body_buffer = n;
-        self
-    }
-
-    /// The prefix of the worker threads' names: `{prefix}-{index}`.
-    pub fn thread_name(mut self, prefix: impl Into<String>) -> Self {
-        self.config.thread_name = prefix.into();
-        self
-    }
-
-    /// Starts the worker threads and returns the layer.
-    ///
-    /// # Panics
-    ///
-    /// If a thread cannot be started.
-    pub fn build(self) -> ThreadAffinityLayer {
-        ThreadAffinityLayer {
-            pool: Pool::start(self.config),
-        }
     }
 }

@@ -1,7 +1,127 @@
-//! A Tower layer that runs blocking (and `!Send`) HTTP services on a fixed
-//! pool of worker threads, and streams their response bodies back.
+//! Run blocking (and `!Send`) HTTP services on a fixed pool of threads,
+//! each request pinned to one thread, with streamed response bodies.
 //!
-//! TODO docs
+//! [`ThreadAffinityLayer`] is a Tower layer for the code that cannot become
+//! async this year: synchronous handlers, `rusqlite` connections, blocking
+//! clients, C libraries with thread-bound state, per-thread caches. Where
+//! `tokio::task::spawn_blocking` per request gives no thread affinity, an
+//! unbounded queue, up to 512 threads and a thread held for the whole life
+//! of a streamed response, this layer gives:
+//!
+//! - **one thread per request**: the inner service's `poll_ready`, `call`,
+//!   its future, every poll of its response body and the body's drop run on
+//!   one worker thread;
+//! - **one service instance per worker**, so per-thread state (a database
+//!   connection, a cache) lives with its thread, and the inner service, its
+//!   future and its body need not be `Send`;
+//! - **streaming with backpressure**: a slow client costs a bounded buffer,
+//!   never a blocked thread, and a worker serves other requests meanwhile;
+//! - **bounded everything**, **cancellation** on the worker, **panics**
+//!   contained to their request, and **HTTP fidelity** (status, headers,
+//!   extensions, exact `size_hint`, trailers).
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use http_body_util::BodyExt;
+//! use tower::{Service, ServiceExt};
+//! use tower_affinity::{blocking, ThreadAffinityLayer};
+//! use tower_layer::Layer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Infallible> {
+//! let layer = ThreadAffinityLayer::new(2);
+//! let mut svc = layer.layer(blocking::service_fn(|req: Request<String>| {
+//!     // Plain blocking code: it runs on a worker thread, never on the runtime.
+//!     let greeting = format!("hello, {}", req.body());
+//!     Response::new(greeting)
+//! }));
+//!
+//! let response = svc.ready().await?.call(Request::new("world".to_owned())).await?;
+//! let body = response.into_body().collect().await.unwrap().to_bytes();
+//! assert_eq!(body, "hello, world");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With axum, put it on a router or a route: `Router::new().route_service("/", layer.layer(svc))`
+//! or `.layer(layer)`. Every application of the layer shares its threads.
+//!
+//! # Threading model
+//!
+//! ```text
+//!  caller (any runtime thread)                 worker thread i of N
+//!  ThreadAffinity::call(req) ──▶ shared queue ──▶ event loop (current-thread runtime + LocalSet)
+//!                                (bounded)        takes a job while active < max_streams_per_worker
+//!                                                 svc_i.poll_ready, svc_i.call, poll future
+//!  ResponseFuture ◀──────── head (+ the whole body when it came in one frame)
+//!  ThreadAffinityBody ◀──── frames, at most body_buffer waiting per response
+//!  drop body ─────────────▶ worker stops and drops the inner body here
+//! ```
+//!
+//! | what                                 | runs on                         |
+//! |--------------------------------------|---------------------------------|
+//! | `ThreadAffinity::poll_ready`, `call` | the caller's thread (queues)    |
+//! | inner `poll_ready`, `call`           | the request's worker            |
+//! | inner future                         | the request's worker            |
+//! | inner body `poll_frame`, `size_hint`, `is_end_stream` | the request's worker |
+//! | drop of inner future, body, service  | the request's worker            |
+//! | `ThreadAffinityBody::poll_frame`     | the caller's thread             |
+//!
+//! Each worker is a single-threaded executor. A request is a local task: it
+//! is polled once inline when the worker takes it, and a response that is
+//! ready in one frame goes back with its head in one message, without a
+//! channel or a spawned task. A longer response streams through a bounded
+//! channel; while it waits for its reader, the worker serves its other
+//! requests. Tokio APIs (timers, channels) work inside handlers.
+//!
+//! A worker blocked in user code cannot be preempted: interleaving only
+//! happens between frames and between awaits. A handler that blocks for a
+//! second blocks its worker's other requests for that second.
+//!
+//! Requests are taken from one shared queue by whichever worker has room,
+//! so an idle worker picks up the next request while a busy one finishes.
+//!
+//! # Choosing buffer sizes
+//!
+//! - [`workers`](Builder::workers): how many requests can run user code at
+//!   the same instant. For CPU-bound handlers, the number of cores; for
+//!   handlers that block on I/O, more.
+//! - [`max_streams_per_worker`](Builder::max_streams_per_worker): how many
+//!   requests one worker holds at once. Higher keeps slow readers from
+//!   tying up workers; `1` gives each request its worker to itself until
+//!   its response ends (for code that keeps per-request state in
+//!   thread-locals).
+//! - [`body_buffer`](Builder::body_buffer): frames waiting per response.
+//!   Memory per stalled stream is about `body_buffer` × the chunk size.
+//! - [`queue_capacity`](Builder::queue_capacity): requests waiting for a
+//!   worker; past it, requests get `503 Service Unavailable`.
+//!
+//! # Cancellation
+//!
+//! Dropping the [`ResponseFuture`](future::ResponseFuture) or the
+//! [`ThreadAffinityBody`] cancels the request: the worker notices while the
+//! inner future or body is pending (not only at the next frame), stops
+//! polling, and drops them on its own thread.
+//!
+//! # Panics
+//!
+//! A panic in the inner service, its future or its body fails only that
+//! request: `500 Internal Server Error` before the head is sent, a body
+//! error ([`error::Panicked`]) after. The worker keeps serving. A panic that
+//! escapes anyway (in a panic payload's `Drop`, say) ends the thread; a
+//! fresh thread replaces it, and its services are rebuilt there on first
+//! use.
+//!
+//! The layer's own failures are responses, not errors: see [`error`].
+//!
+//! # Shutdown
+//!
+//! The threads stop when the last layer and service handle is dropped:
+//! requests still queued get `503`, requests already running finish, then
+//! each worker drops its service instances and exits.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -11,15 +131,19 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod body;
 pub mod blocking;
+mod body;
+mod builder;
 pub mod error;
 pub mod future;
 mod layer;
 mod pool;
 mod service;
+mod worker_id;
 
 pub use self::body::ThreadAffinityBody;
+pub use self::builder::Builder;
 pub use self::error::BoxError;
-pub use self::layer::{Builder, ThreadAffinityLayer};
+pub use self::layer::ThreadAffinityLayer;
 pub use self::service::ThreadAffinity;
+pub use self::worker_id::WorkerId;

@@ -12,19 +12,21 @@ use tower_service::Service;
 use crate::error::BoxError;
 use crate::future::ResponseFuture;
 use crate::pool::{Call, Pool};
-use crate::ThreadAffinityBody;
+use crate::{ThreadAffinityBody, WorkerId};
 
 /// Runs an inner service on the worker threads of a [`ThreadAffinityLayer`].
 ///
-/// Made by [`ThreadAffinityLayer::layer`]. Cheap to clone; clones share the
+/// Made by [`ThreadAffinityLayer::layer`] or
+/// [`ThreadAffinityLayer::service_with`]. Cheap to clone; clones share the
 /// pool and the workers' instances of the inner service. Each worker makes
-/// its own instance (a clone of the service given to the layer) the first
-/// time it serves a request for it, and drops it on its own thread when the
-/// pool shuts down.
+/// its own instance (a clone of the service given to the layer, or one built
+/// by the factory) the first time it serves a request for it, and drops it
+/// on its own thread when the pool shuts down.
 ///
 /// The inner service's future and response body need not be `Send`: they
 /// are created, polled and dropped on one worker thread. Only the request
-/// and the response frames cross threads.
+/// and the response frames cross threads. Before calling the inner service,
+/// the worker puts its [`WorkerId`] in the request's extensions.
 ///
 /// # Errors
 ///
@@ -33,17 +35,19 @@ use crate::ThreadAffinityBody;
 ///
 /// [`ThreadAffinityLayer`]: crate::ThreadAffinityLayer
 /// [`ThreadAffinityLayer::layer`]: crate::ThreadAffinityLayer
+/// [`ThreadAffinityLayer::service_with`]: crate::ThreadAffinityLayer::service_with
 pub struct ThreadAffinity<S> {
     shared: Arc<Shared<S>>,
 }
+
+/// Builds a worker's instance of the inner service, on that worker.
+type Factory<S> = Box<dyn Fn(WorkerId) -> S + Send + Sync>;
 
 /// What every clone of one `ThreadAffinity` shares.
 pub(crate) struct Shared<S> {
     id: u64,
     pool: Pool,
-    // Cloned once per worker, on that worker; the lock makes `S: Send`
-    // enough for the handle to be `Sync`.
-    prototype: Mutex<S>,
+    factory: Factory<S>,
 }
 
 impl<S> Shared<S> {
@@ -51,24 +55,39 @@ impl<S> Shared<S> {
         self.id
     }
 
-    pub(crate) fn make(&self) -> S
-    where
-        S: Clone,
-    {
-        self.prototype
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// A new instance for the worker `worker`, on its thread.
+    pub(crate) fn make(&self, worker: &WorkerId) -> S {
+        (self.factory)(worker.clone())
     }
 }
 
 impl<S> ThreadAffinity<S> {
-    pub(crate) fn new(inner: S, pool: Pool) -> Self {
+    /// Wraps a service that each worker clones once.
+    pub(crate) fn new(inner: S, pool: Pool) -> Self
+    where
+        S: Clone + Send + 'static,
+    {
+        // The lock makes `S: Send` enough for the handle to be `Sync`; it is
+        // taken once per worker, to clone.
+        let prototype = Mutex::new(inner);
+        Self::with_factory(pool, move |_| {
+            prototype
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        })
+    }
+
+    /// Wraps a service that `factory` builds once on each worker.
+    pub(crate) fn with_factory<F>(pool: Pool, factory: F) -> Self
+    where
+        F: Fn(WorkerId) -> S + Send + Sync + 'static,
+    {
         Self {
             shared: Arc::new(Shared {
                 id: pool.next_service_id(),
                 pool,
-                prototype: Mutex::new(inner),
+                factory: Box::new(factory),
             }),
         }
     }
@@ -84,7 +103,7 @@ impl<S> Clone for ThreadAffinity<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ThreadAffinity<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + 'static,
     S::Future: 'static,
     S::Error: Send + 'static,
     ReqBody: Send + 'static,
@@ -101,9 +120,10 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let (request, worker) = self.shared.pool.route(request);
         let (tx, rx) = oneshot::channel();
         let job = Box::new(Call::new(self.shared.clone(), request, tx));
-        match self.shared.pool.submit(job) {
+        match self.shared.pool.submit(job, worker) {
             Ok(()) => ResponseFuture::waiting(rx),
             Err(failure) => ResponseFuture::failed(failure),
         }

@@ -10,7 +10,10 @@ use tower_layer::Layer;
 
 #[tokio::test]
 async fn smoke() {
-    let layer = ThreadAffinityLayer::builder().workers(2).thread_name("smoke").build();
+    let layer = ThreadAffinityLayer::builder()
+        .workers(2)
+        .thread_name("smoke")
+        .build();
     let mut svc = layer.layer(blocking::service_fn(|req: Request<()>| {
         let n: usize = req.uri().path()[1..].parse().unwrap();
         let name = thread::current().name().unwrap().to_owned();
@@ -27,7 +30,10 @@ async fn smoke() {
             .call(Request::get(format!("/{n}")).body(()).unwrap())
             .await
             .unwrap();
-        assert!(resp.headers()["x-thread"].to_str().unwrap().starts_with("smoke-"));
+        assert!(resp.headers()["x-thread"]
+            .to_str()
+            .unwrap()
+            .starts_with("smoke-"));
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         let want: String = (0..n).map(|i| format!("{i},")).collect();
         assert_eq!(body, want);

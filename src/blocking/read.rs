@@ -139,7 +139,11 @@ impl LengthLimitError {
 
 impl fmt::Display for LengthLimitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "request body is larger than the limit of {} bytes", self.limit)
+        write!(
+            f,
+            "request body is larger than the limit of {} bytes",
+            self.limit
+        )
     }
 }
 

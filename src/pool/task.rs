@@ -59,7 +59,7 @@ where
 
 impl<S, B, ResBody> Job for Call<S, B>
 where
-    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S: Service<Request<B>, Response = Response<ResBody>> + 'static,
     S::Future: 'static,
     S::Error: Send + 'static,
     B: Send + 'static,
@@ -69,11 +69,12 @@ where
     fn start(self: Box<Self>, worker: &WorkerState) -> LocalTask {
         let Call {
             shared,
-            request,
+            mut request,
             reply,
         } = *self;
+        request.extensions_mut().insert(worker.id().clone());
         let body_buffer = worker.config().body_buffer;
-        let service = guard(|| worker.instance(shared.id(), || shared.make()));
+        let service = guard(|| worker.instance(shared.id(), || shared.make(worker.id())));
         Box::pin(async move {
             match service {
                 Ok(service) => serve(service, request, reply, body_buffer).await,

@@ -12,30 +12,33 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::{io, thread};
 
 use super::unwind::guard;
-use super::{Config, Job, Queue};
+use super::{Config, Job, Queues};
 use crate::error::Failure;
+use crate::WorkerId;
 
 /// The task serving one request, local to its worker.
 pub(crate) type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
 
 /// Starts worker `index` on a new thread.
-pub(super) fn spawn(index: usize, queue: Queue, config: Arc<Config>) -> io::Result<()> {
+pub(super) fn spawn(index: usize, queues: Queues, config: Arc<Config>) -> io::Result<()> {
+    let name = format!("{}-{}", config.thread_name, index);
+    let id = WorkerId::new(index, name.as_str().into());
     thread::Builder::new()
-        .name(format!("{}-{}", config.thread_name, index))
+        .name(name)
         .spawn(move || {
             let respawn = Respawn {
                 index,
-                queue: queue.clone(),
+                queues: queues.clone(),
                 config: config.clone(),
             };
-            run(queue, config);
+            run(id, queues, config);
             // A normal exit: nothing to replace.
             std::mem::forget(respawn);
         })
@@ -48,40 +51,50 @@ pub(super) fn spawn(index: usize, queue: Queue, config: Arc<Config>) -> io::Resu
 /// services are rebuilt lazily on the new thread.
 struct Respawn {
     index: usize,
-    queue: Queue,
+    queues: Queues,
     config: Arc<Config>,
 }
 
 impl Drop for Respawn {
     fn drop(&mut self) {
-        let work_left = !self.queue.is_closed() || !self.queue.is_empty();
+        let Queues { own, shared } = &self.queues;
+        let work_left = !own.is_closed() || !own.is_empty() || !shared.is_empty();
         if thread::panicking() && work_left {
-            let _ = spawn(self.index, self.queue.clone(), self.config.clone());
+            let _ = spawn(self.index, self.queues.clone(), self.config.clone());
         }
     }
 }
 
-fn run(queue: Queue, config: Arc<Config>) {
+fn run(id: WorkerId, queues: Queues, config: Arc<Config>) {
+    id.enter();
+    if let Some(hook) = &config.on_thread_start {
+        let _ = guard(|| hook(&id));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tower-affinity: failed to build a worker runtime");
     let local = tokio::task::LocalSet::new();
-    let state = WorkerState::new(config);
-    local.block_on(&runtime, serve(queue, &state));
+    let state = WorkerState::new(id, config);
+    local.block_on(&runtime, serve(queues, &state));
     // Tasks still in the set (none after a clean drain) are dropped here, on
     // this thread, before the services they may point to.
     drop(local);
     state.drop_services();
+    if let Some(hook) = &state.config.on_thread_stop {
+        let _ = guard(|| hook(&state.id));
+    }
 }
 
 /// The event loop: admit jobs while there is room, then drain on shutdown.
-async fn serve(queue: Queue, state: &WorkerState) {
+async fn serve(queues: Queues, state: &WorkerState) {
     let max = state.config.max_streams_per_worker;
     loop {
         state.load.below(max).await;
-        let Ok(job) = queue.recv().await else { break };
-        if queue.is_closed() {
+        let Some(job) = next_job(&queues).await else {
+            break;
+        };
+        if queues.shared.is_closed() {
             // Every handle is gone: answer what is still queued, take no more.
             job.reject(Failure::ShutDown);
             continue;
@@ -92,8 +105,46 @@ async fn serve(queue: Queue, state: &WorkerState) {
     state.load.below(1).await;
 }
 
+/// The next job, from this worker's own queue first (keyed requests keep
+/// their order), else from the shared one; `None` once both are closed and
+/// empty.
+async fn next_job(queues: &Queues) -> Option<Box<dyn Job>> {
+    if let Ok(job) = queues.own.try_recv() {
+        return Some(job);
+    }
+    let mut own = pin!(queues.own.recv());
+    let mut shared = pin!(queues.shared.recv());
+    // Both queues close together, when the pool's last handle drops.
+    let (mut own_open, mut shared_open) = (true, true);
+    poll_fn(|cx| {
+        // A receive future that lost the race is dropped with its listener,
+        // which hands a notification it got on to another worker.
+        if own_open {
+            match own.as_mut().poll(cx) {
+                Poll::Ready(Ok(job)) => return Poll::Ready(Some(job)),
+                Poll::Ready(Err(_)) => own_open = false,
+                Poll::Pending => {}
+            }
+        }
+        if shared_open {
+            match shared.as_mut().poll(cx) {
+                Poll::Ready(Ok(job)) => return Poll::Ready(Some(job)),
+                Poll::Ready(Err(_)) => shared_open = false,
+                Poll::Pending => {}
+            }
+        }
+        if own_open || shared_open {
+            Poll::Pending
+        } else {
+            Poll::Ready(None)
+        }
+    })
+    .await
+}
+
 /// What a worker thread owns: its service instances and its load.
 pub(crate) struct WorkerState {
+    id: WorkerId,
     config: Arc<Config>,
     // One instance per wrapped service, created on first use on this thread.
     services: RefCell<HashMap<u64, Rc<dyn Any>>>,
@@ -101,8 +152,9 @@ pub(crate) struct WorkerState {
 }
 
 impl WorkerState {
-    fn new(config: Arc<Config>) -> Self {
+    fn new(id: WorkerId, config: Arc<Config>) -> Self {
         Self {
+            id,
             config,
             services: RefCell::default(),
             load: Rc::default(),
@@ -111,6 +163,10 @@ impl WorkerState {
 
     pub(crate) fn config(&self) -> &Config {
         &self.config
+    }
+
+    pub(crate) fn id(&self) -> &WorkerId {
+        &self.id
     }
 
     /// This worker's instance of service `id`, made by `make` on first use.

@@ -1,0 +1,192 @@
+//! The builder of a [`ThreadAffinityLayer`].
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::HeaderName;
+
+use crate::pool::{Config, Pool};
+use crate::{ThreadAffinityLayer, WorkerId};
+
+/// Configures a [`ThreadAffinityLayer`].
+///
+/// | setting                      | default                       | bounds                                        |
+/// |------------------------------|-------------------------------|-----------------------------------------------|
+/// | [`workers`](Self::workers)   | available parallelism         | threads in the pool                           |
+/// | [`queue_capacity`](Self::queue_capacity) | 1024              | requests waiting for a worker; more get `503` |
+/// | [`max_streams_per_worker`](Self::max_streams_per_worker) | 64 | requests one worker serves at once         |
+/// | [`body_buffer`](Self::body_buffer) | 8                       | frames buffered per streamed response         |
+/// | [`thread_name`](Self::thread_name) | `"tower-affinity"`      | threads are named `{prefix}-{index}`          |
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct Builder {
+    config: Config,
+}
+
+impl Builder {
+    pub(crate) fn new() -> Self {
+        let workers = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
+            config: Config {
+                workers,
+                queue_capacity: 1024,
+                max_streams_per_worker: 64,
+                body_buffer: 8,
+                thread_name: String::from("tower-affinity"),
+                affinity_key: None,
+                on_thread_start: None,
+                on_thread_stop: None,
+            },
+        }
+    }
+
+    /// How many worker threads the pool runs.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    pub fn workers(mut self, n: usize) -> Self {
+        assert!(n > 0, "tower-affinity: workers must be at least 1");
+        self.config.workers = n;
+        self
+    }
+
+    /// How many requests may wait for a worker. When the queue is full, a
+    /// new request is answered at once with `503 Service Unavailable`.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        assert!(n > 0, "tower-affinity: queue_capacity must be at least 1");
+        self.config.queue_capacity = n;
+        self
+    }
+
+    /// How many requests one worker serves at once, from the call to the end
+    /// of the response body. A worker takes new requests from the queue only
+    /// while it serves fewer than this.
+    ///
+    /// Interleaving is what keeps a slow client from tying up a thread: while
+    /// one response waits for its reader, the worker produces frames for
+    /// others. It also means that two requests' code alternates on one
+    /// thread, between frames. Legacy code that keeps per-request state in
+    /// thread-locals wants `1`: each request then has its worker to itself
+    /// until its response ends, and a slow reader holds that worker.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    pub fn max_streams_per_worker(mut self, n: usize) -> Self {
+        assert!(
+            n > 0,
+            "tower-affinity: max_streams_per_worker must be at least 1"
+        );
+        self.config.max_streams_per_worker = n;
+        self
+    }
+
+    /// How many frames of one streamed response may wait for its reader.
+    /// When they are all taken, the worker stops polling that body until the
+    /// reader makes room. Memory per stalled stream is about this many
+    /// frames.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    pub fn body_buffer(mut self, n: usize) -> Self {
+        assert!(n > 0, "tower-affinity: body_buffer must be at least 1");
+        self.config.body_buffer = n;
+        self
+    }
+
+    /// The prefix of the worker threads' names: `{prefix}-{index}`.
+    pub fn thread_name(mut self, prefix: impl Into<String>) -> Self {
+        self.config.thread_name = prefix.into();
+        self
+    }
+
+    /// Pins requests to workers by a key taken from their head.
+    ///
+    /// A request for which `key` returns `Some` always goes to the same
+    /// worker, for the life of the pool, and requests with keys on one worker
+    /// run in the order they were admitted. A request for which it returns
+    /// `None` goes to whichever worker has room. Use it where a worker's
+    /// state is only warm for the keys it has seen: a session's cache, a
+    /// tenant's database handle.
+    ///
+    /// Keys are hashed with a seed chosen at random for each pool, so that
+    /// clients cannot choose keys that pile onto one worker on every server.
+    /// Each worker's own queue holds at most `queue_capacity` requests: a hot
+    /// key saturates its worker and then gets `503`, while the other workers
+    /// keep serving.
+    ///
+    /// ```
+    /// use tower_affinity::ThreadAffinityLayer;
+    /// let layer = ThreadAffinityLayer::builder()
+    ///     .affinity_key(|head| head.uri.path().split('/').nth(2).map(str::to_owned))
+    ///     .build();
+    /// # let _ = layer;
+    /// ```
+    pub fn affinity_key<K, F>(mut self, key: F) -> Self
+    where
+        K: Hash,
+        F: Fn(&Parts) -> Option<K> + Send + Sync + 'static,
+    {
+        self.config.affinity_key = Some(Arc::new(move |parts, seed| {
+            key(parts).map(|key| seed.hash_one(key))
+        }));
+        self
+    }
+
+    /// Pins requests to workers by the value of a header (its bytes); see
+    /// [`affinity_key`](Self::affinity_key). Requests without the header go
+    /// to whichever worker has room.
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use tower_affinity::ThreadAffinityLayer;
+    /// let layer = ThreadAffinityLayer::builder()
+    ///     .affinity_header(HeaderName::from_static("x-session"))
+    ///     .build();
+    /// # let _ = layer;
+    /// ```
+    pub fn affinity_header(mut self, name: HeaderName) -> Self {
+        self.config.affinity_key = Some(Arc::new(move |parts, seed| {
+            let value = parts.headers.get(&name)?;
+            Some(seed.hash_one(value.as_bytes()))
+        }));
+        self
+    }
+
+    /// Runs `hook` on each worker thread when it starts, before it serves a
+    /// request (and again on a thread that replaces a dead one): for
+    /// thread-local setup such as a logging context or CPU pinning.
+    pub fn on_thread_start<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&WorkerId) + Send + Sync + 'static,
+    {
+        self.config.on_thread_start = Some(Arc::new(hook));
+        self
+    }
+
+    /// Runs `hook` on each worker thread when it stops, after it has dropped
+    /// its service instances.
+    pub fn on_thread_stop<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&WorkerId) + Send + Sync + 'static,
+    {
+        self.config.on_thread_stop = Some(Arc::new(hook));
+        self
+    }
+
+    /// Starts the worker threads and returns the layer.
+    ///
+    /// # Panics
+    ///
+    /// If a thread cannot be started.
+    pub fn build(self) -> ThreadAffinityLayer {
+        ThreadAffinityLayer::from_pool(Pool::start(self.config))
+    }
+}
