@@ -2,6 +2,7 @@
 
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::request::Parts;
 use http::HeaderName;
@@ -9,12 +10,32 @@ use http::HeaderName;
 use crate::pool::{Config, Pool};
 use crate::{ThreadAffinityLayer, WorkerId};
 
+/// What a [`ThreadAffinity`](crate::ThreadAffinity) does when its queue
+/// is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Overload {
+    /// `poll_ready` returns `Pending` until a place in the queue is free,
+    /// as tower's `Buffer` does, so `LoadShed`, `ConcurrencyLimit` and
+    /// hyper's backpressure compose with it. Dropping a service that was
+    /// ready without calling it frees its place.
+    #[default]
+    Wait,
+    /// `poll_ready` is always ready, and a request that finds the queue full
+    /// is answered at once with `503 Service Unavailable` and
+    /// `Retry-After: 1`.
+    Reject,
+}
+
 /// Configures a [`ThreadAffinityLayer`].
 ///
 /// | setting                      | default                       | bounds                                        |
 /// |------------------------------|-------------------------------|-----------------------------------------------|
 /// | [`workers`](Self::workers)   | available parallelism         | threads in the pool                           |
-/// | [`queue_capacity`](Self::queue_capacity) | 1024              | requests waiting for a worker; more get `503` |
+/// | [`queue_capacity`](Self::queue_capacity) | 1024              | requests waiting for a worker                 |
+/// | [`overload`](Self::overload) | [`Overload::Wait`]            | a full queue: wait in `poll_ready`, or `503`  |
+/// | [`queue_timeout`](Self::queue_timeout) | none                | longest wait in a queue before a `503`        |
+/// | [`response_deadline`](Self::response_deadline) | none        | longest time a streamed response may run      |
 /// | [`max_streams_per_worker`](Self::max_streams_per_worker) | 64 | requests one worker serves at once         |
 /// | [`body_buffer`](Self::body_buffer) | 8                       | frames buffered per streamed response         |
 /// | [`thread_name`](Self::thread_name) | `"tower-affinity"`      | threads are named `{prefix}-{index}`          |
@@ -34,6 +55,9 @@ impl Builder {
                 max_streams_per_worker: 64,
                 body_buffer: 8,
                 thread_name: String::from("tower-affinity"),
+                overload: Overload::Wait,
+                queue_timeout: None,
+                response_deadline: None,
                 affinity_key: None,
                 on_thread_start: None,
                 on_thread_stop: None,
@@ -52,8 +76,11 @@ impl Builder {
         self
     }
 
-    /// How many requests may wait for a worker. When the queue is full, a
-    /// new request is answered at once with `503 Service Unavailable`.
+    /// How many requests may wait for a worker, in all. What happens past
+    /// it is the [`overload`](Self::overload) policy. Each worker's own
+    /// queue (for keyed requests) also holds at most this many; a keyed
+    /// request finding its worker's queue full gets `503` under either
+    /// policy.
     ///
     /// # Panics
     ///
@@ -104,6 +131,36 @@ impl Builder {
     /// The prefix of the worker threads' names: `{prefix}-{index}`.
     pub fn thread_name(mut self, prefix: impl Into<String>) -> Self {
         self.config.thread_name = prefix.into();
+        self
+    }
+
+    /// What to do with a request when `queue_capacity` requests are already
+    /// waiting: [`Overload::Wait`] (the default) or [`Overload::Reject`].
+    pub fn overload(mut self, policy: Overload) -> Self {
+        self.config.overload = policy;
+        self
+    }
+
+    /// Answers `503 Service Unavailable` to a request that waited longer
+    /// than `timeout` in a queue, without ever reaching the inner service.
+    /// Off by default.
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.config.queue_timeout = Some(timeout);
+        self
+    }
+
+    /// Ends every streamed response body that has not finished within
+    /// `deadline` of its request starting on a worker: the body ends with
+    /// [`error::Elapsed`](crate::error::Elapsed) and the inner body is
+    /// dropped on its worker. Checked between frames and while waiting for
+    /// the inner body or the reader, so that no stream runs forever; a
+    /// frame that blocks its worker cannot be interrupted. Off by default.
+    ///
+    /// It does not bound the wait for the head: put a `TimeoutLayer`
+    /// outside this layer for that (dropping the response future cancels
+    /// the request on its worker).
+    pub fn response_deadline(mut self, deadline: Duration) -> Self {
+        self.config.response_deadline = Some(deadline);
         self
     }
 

@@ -7,8 +7,11 @@
 //!
 //! | failure                                   | before the head          | after the head               |
 //! |-------------------------------------------|--------------------------|------------------------------|
-//! | queue full                                | `503 Service Unavailable`| —                            |
+//! | queue full (reject policy, or a keyed queue) | `503 Service Unavailable`, `Retry-After: 1` | — |
 //! | pool shut down                            | `503 Service Unavailable`| —                            |
+//! | waited past the queue timeout             | `503 Service Unavailable`| —                            |
+//! | a worker calling into itself              | `500 Internal Server Error` | —                         |
+//! | response deadline passed                  | —                        | body error [`Elapsed`]       |
 //! | panic in the inner service                | `500 Internal Server Error` | body error [`Panicked`]   |
 //! | worker thread died                        | `500 Internal Server Error` | body error [`WorkerGone`] |
 //! | inner body error                          | —                        | body error (the inner error) |
@@ -83,6 +86,29 @@ impl fmt::Display for WorkerGone {
 
 impl std::error::Error for WorkerGone {}
 
+/// The response deadline passed before the body ended.
+///
+/// Yielded by [`ThreadAffinityBody`]; the inner body was dropped on its
+/// worker. See [`Builder::response_deadline`](crate::Builder::response_deadline).
+#[derive(Debug)]
+pub struct Elapsed {
+    _priv: (),
+}
+
+impl Elapsed {
+    pub(crate) fn new() -> Self {
+        Self { _priv: () }
+    }
+}
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("response deadline elapsed")
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
 /// Why the layer answered a request itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Failure {
@@ -90,6 +116,10 @@ pub(crate) enum Failure {
     Overloaded,
     /// The pool is shutting down.
     ShutDown,
+    /// The request waited longer than the queue timeout.
+    TimedOut,
+    /// A worker called into a service that only it could serve.
+    WouldDeadlock,
     /// The inner service panicked before its head was sent.
     Panicked,
     /// The worker thread stopped before answering.
@@ -99,8 +129,12 @@ pub(crate) enum Failure {
 impl Failure {
     fn status(self) -> StatusCode {
         match self {
-            Failure::Overloaded | Failure::ShutDown => StatusCode::SERVICE_UNAVAILABLE,
-            Failure::Panicked | Failure::WorkerGone => StatusCode::INTERNAL_SERVER_ERROR,
+            Failure::Overloaded | Failure::ShutDown | Failure::TimedOut => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Failure::Panicked | Failure::WorkerGone | Failure::WouldDeadlock => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -108,6 +142,10 @@ impl Failure {
         match self {
             Failure::Overloaded => "service overloaded: request queue is full\n",
             Failure::ShutDown => "service is shutting down\n",
+            Failure::TimedOut => "service overloaded: request waited too long for a worker\n",
+            Failure::WouldDeadlock => {
+                "internal error: a worker thread called a service only it could serve\n"
+            }
             Failure::Panicked => "internal error: handler panicked\n",
             Failure::WorkerGone => "internal error: worker thread stopped\n",
         }
@@ -123,6 +161,11 @@ impl Failure {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if self == Failure::Overloaded {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 }

@@ -1,10 +1,12 @@
 //! The layer.
 
 use std::fmt;
+use std::time::Duration;
 
 use tower_layer::Layer;
 
 use crate::pool::Pool;
+use crate::stats::Stats;
 use crate::{Builder, ThreadAffinity, WorkerId};
 
 /// Wraps services so that they run on a fixed pool of worker threads.
@@ -55,6 +57,32 @@ impl ThreadAffinityLayer {
 
     pub(crate) fn from_pool(pool: Pool) -> Self {
         Self { pool }
+    }
+
+    /// A snapshot of the pool: per-worker queue, load, counts and the
+    /// length of each worker's current poll; see [`Stats`].
+    pub fn stats(&self) -> Stats {
+        self.pool.stats()
+    }
+
+    /// Shuts the pool down gracefully, for every layer and service that
+    /// shares it: new requests get `503` at once, requests already admitted
+    /// (queued or running, streams included) finish, then each worker drops
+    /// its services and its thread ends. Resolves when every thread has
+    /// ended.
+    ///
+    /// A worker blocked forever in user code never ends; see
+    /// [`shutdown_timeout`](Self::shutdown_timeout).
+    pub async fn shutdown(&self) {
+        self.pool.shutdown(None).await;
+    }
+
+    /// As [`shutdown`](Self::shutdown), but after `deadline` the workers
+    /// stop waiting: requests still queued get `503`, responses still
+    /// streaming end with a body error, and their inner futures and bodies
+    /// are dropped on their workers. Needs a Tokio runtime with time enabled.
+    pub async fn shutdown_timeout(&self, deadline: Duration) {
+        self.pool.shutdown(Some(deadline)).await;
     }
 
     /// Runs a service that `factory` builds on each worker thread, the first

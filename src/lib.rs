@@ -139,10 +139,11 @@ pub mod future;
 mod layer;
 mod pool;
 mod service;
+pub mod stats;
 mod worker_id;
 
 pub use self::body::ThreadAffinityBody;
-pub use self::builder::Builder;
+pub use self::builder::{Builder, Overload};
 pub use self::error::BoxError;
 pub use self::layer::ThreadAffinityLayer;
 pub use self::service::ThreadAffinity;

@@ -2,17 +2,18 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use http::{Request, Response};
 use http_body::Body;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 
-use crate::error::BoxError;
+use crate::error::{BoxError, Failure};
 use crate::future::ResponseFuture;
 use crate::pool::{Call, Pool};
-use crate::{ThreadAffinityBody, WorkerId};
+use crate::{Overload, ThreadAffinityBody, WorkerId};
 
 /// Runs an inner service on the worker threads of a [`ThreadAffinityLayer`].
 ///
@@ -38,6 +39,9 @@ use crate::{ThreadAffinityBody, WorkerId};
 /// [`ThreadAffinityLayer::service_with`]: crate::ThreadAffinityLayer::service_with
 pub struct ThreadAffinity<S> {
     shared: Arc<Shared<S>>,
+    admission: PollSemaphore,
+    // A place in the queue, taken by `poll_ready` for the next `call`.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 /// Builds a worker's instance of the inner service, on that worker.
@@ -84,6 +88,8 @@ impl<S> ThreadAffinity<S> {
         F: Fn(WorkerId) -> S + Send + Sync + 'static,
     {
         Self {
+            admission: PollSemaphore::new(pool.admission()),
+            permit: None,
             shared: Arc::new(Shared {
                 id: pool.next_service_id(),
                 pool,
@@ -91,12 +97,32 @@ impl<S> ThreadAffinity<S> {
             }),
         }
     }
+
+    /// Whether `worker` is the thread calling: it would wait on itself.
+    fn is_calling_thread(&self, worker: Option<usize>) -> bool {
+        let pool = &self.shared.pool;
+        let Some(me) = WorkerId::current() else {
+            return false;
+        };
+        // An unkeyed request may go to any worker: only a single-worker
+        // pool is sure to need the caller itself.
+        let target = match (worker, pool.config().workers) {
+            (Some(index), _) => index,
+            (None, 1) => 0,
+            (None, _) => return false,
+        };
+        me.is(pool.id(), target)
+    }
 }
 
+/// A clone shares the pool and the workers' instances, but not a place in
+/// the queue that the original reserved.
 impl<S> Clone for ThreadAffinity<S> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
+            admission: self.admission.clone(),
+            permit: None,
         }
     }
 }
@@ -114,16 +140,33 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Error>;
 
-    /// Always ready: a full queue is answered with `503` by `call`.
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+    /// Reserves a place in the queue. Under [`Overload::Wait`] (the
+    /// default) it is `Pending` while the queue is full; under
+    /// [`Overload::Reject`] it is always ready, and `call` answers `503`
+    /// when the queue is full. Never fails: after shutdown it is ready, and
+    /// `call` answers `503`.
+    ///
+    /// [`Overload::Wait`]: crate::Overload::Wait
+    /// [`Overload::Reject`]: crate::Overload::Reject
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.permit.is_none() && self.shared.pool.config().overload == Overload::Wait {
+            // `None` means the pool shut down: `call` will say so.
+            self.permit = ready!(self.admission.poll_acquire(cx));
+        }
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let (request, worker) = self.shared.pool.route(request);
+        let pool = &self.shared.pool;
+        let (request, worker) = pool.route(request);
+        if self.is_calling_thread(worker) {
+            return ResponseFuture::failed(Failure::WouldDeadlock);
+        }
         let (tx, rx) = oneshot::channel();
         let job = Box::new(Call::new(self.shared.clone(), request, tx));
-        match self.shared.pool.submit(job, worker) {
+        // Without a reservation (the reject policy, or a caller that skipped
+        // `poll_ready`), `submit` tries to take a place at once.
+        match pool.submit(job, self.permit.take(), worker) {
             Ok(()) => ResponseFuture::waiting(rx),
             Err(failure) => ResponseFuture::failed(failure),
         }

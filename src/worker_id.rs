@@ -32,13 +32,19 @@ thread_local! {
 /// [`on_thread_stop`]: crate::Builder::on_thread_stop
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct WorkerId {
+    pool: u64,
     index: usize,
     name: Arc<str>,
 }
 
 impl WorkerId {
-    pub(crate) fn new(index: usize, name: Arc<str>) -> Self {
-        Self { index, name }
+    pub(crate) fn new(pool: u64, index: usize, name: Arc<str>) -> Self {
+        Self { pool, index, name }
+    }
+
+    /// Whether this is worker `index` of pool `pool`.
+    pub(crate) fn is(&self, pool: u64, index: usize) -> bool {
+        self.pool == pool && self.index == index
     }
 
     /// The worker's index in its pool, from 0 to `workers - 1`.

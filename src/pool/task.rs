@@ -7,21 +7,25 @@
 //! channel's. Either way the task returns and drops what it holds, on this
 //! thread.
 
+use std::cell::RefCell;
 use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::pin::{pin, Pin};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use http::{Request, Response};
 use http_body::Body;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tower_service::Service;
 
 use super::unwind::{guard, Guarded};
-use super::worker::{LocalTask, WorkerState};
+use super::worker::{Active, LocalTask, WorkerState};
 use super::Job;
 use crate::body::{FrameSender, Msg};
-use crate::error::{BoxError, Failure};
+use crate::error::{BoxError, Elapsed, Failure};
 use crate::future::Reply;
 use crate::service::Shared;
 use crate::ThreadAffinityBody;
@@ -66,21 +70,23 @@ where
     ResBody: Body + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    fn start(self: Box<Self>, worker: &WorkerState) -> LocalTask {
+    fn start(self: Box<Self>, worker: &WorkerState, active: Active) -> LocalTask {
         let Call {
             shared,
             mut request,
             reply,
         } = *self;
         request.extensions_mut().insert(worker.id().clone());
-        let body_buffer = worker.config().body_buffer;
+        let config = &worker.core().config;
+        let limits = Limits {
+            body_buffer: config.body_buffer,
+            deadline: config.response_deadline,
+        };
         let service = guard(|| worker.instance(shared.id(), || shared.make(worker.id())));
         Box::pin(async move {
             match service {
-                Ok(service) => serve(service, request, reply, body_buffer).await,
-                Err(_) => {
-                    let _ = reply.send(Ok(Failure::Panicked.response()));
-                }
+                Ok(service) => serve(service, request, reply, limits, active).await,
+                Err(_) => answer_panic(reply, &active),
             }
         })
     }
@@ -90,16 +96,25 @@ where
     }
 }
 
+/// The limits one response is served under.
+#[derive(Clone, Copy)]
+struct Limits {
+    body_buffer: usize,
+    deadline: Option<Duration>,
+}
+
 async fn serve<S, B, ResBody>(
-    service: std::rc::Rc<std::cell::RefCell<S>>,
+    service: Rc<RefCell<S>>,
     request: Request<B>,
     mut reply: oneshot::Sender<Reply<S::Error>>,
-    body_buffer: usize,
+    limits: Limits,
+    active: Active,
 ) where
     S: Service<Request<B>, Response = Response<ResBody>>,
     ResBody: Body,
     ResBody::Error: Into<BoxError>,
 {
+    let deadline = limits.deadline.map(|deadline| Instant::now() + deadline);
     // Readiness and call happen in one poll: no other task on this thread
     // can run in between and use up the readiness this one saw.
     let mut request = Some(request);
@@ -127,7 +142,7 @@ async fn serve<S, B, ResBody>(
     drop(service);
     let future = match called {
         None => return,
-        Some(Err(_)) => return answer(reply, Failure::Panicked),
+        Some(Err(_)) => return answer_panic(reply, &active),
         Some(Ok(Err(error))) => {
             let _ = reply.send(Err(error));
             return;
@@ -145,7 +160,7 @@ async fn serve<S, B, ResBody>(
     .await;
     let response = match response {
         None => return,
-        Some(Err(_)) => return answer(reply, Failure::Panicked),
+        Some(Err(_)) => return answer_panic(reply, &active),
         Some(Ok(Err(error))) => {
             let _ = reply.send(Err(error));
             return;
@@ -156,17 +171,17 @@ async fn serve<S, B, ResBody>(
     let (parts, body) = response.into_parts();
     let mut body = pin!(Guarded::new(body));
     let Ok(hint) = body.size_hint() else {
-        return answer(reply, Failure::Panicked);
+        return answer_panic(reply, &active);
     };
     // Try the body inline: most responses are one frame, ready at once, and
     // go back with the head in one message, without a channel.
     let first = match body.is_end_stream() {
-        Err(_) => return answer(reply, Failure::Panicked),
+        Err(_) => return answer_panic(reply, &active),
         Ok(true) => Poll::Ready(Ok(None)),
         Ok(false) => poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await,
     };
     let first = match first {
-        Poll::Ready(Err(_)) => return answer(reply, Failure::Panicked),
+        Poll::Ready(Err(_)) => return answer_panic(reply, &active),
         Poll::Ready(Ok(Some(Ok(frame)))) if body.is_end_stream().unwrap_or(false) => {
             let body = ThreadAffinityBody::ready(Some(Ok(frame)), hint);
             let _ = reply.send(Ok(Response::from_parts(parts, body)));
@@ -182,7 +197,7 @@ async fn serve<S, B, ResBody>(
     };
 
     // A streamed response: the head goes now, the frames follow.
-    let (tx, stream) = ThreadAffinityBody::channel(body_buffer, hint);
+    let (tx, stream) = ThreadAffinityBody::channel(limits.body_buffer, hint);
     if let Some(frame) = first {
         // The channel is new and has room for at least one message.
         let _ = tx.try_send(Msg::Frame(frame));
@@ -190,44 +205,96 @@ async fn serve<S, B, ResBody>(
     if reply.send(Ok(Response::from_parts(parts, stream))).is_err() {
         return;
     }
-    pump(body, &tx).await;
+    match pump(body.as_mut(), &tx, deadline).await {
+        Pumped::Done => {}
+        Pumped::Panicked => active.panicked(),
+        Pumped::Elapsed => {
+            // Drop the inner body now, on this thread, and make room for
+            // other requests; then tell the reader, once it makes room.
+            body.clear();
+            drop(active);
+            if let Ok(permit) = tx.reserve().await {
+                permit.send(Msg::Error(Elapsed::new().into()));
+            }
+        }
+    }
 }
 
-/// Answers with the layer's own response for `failure`.
-fn answer<E>(reply: oneshot::Sender<Reply<E>>, failure: Failure) {
-    let _ = reply.send(Ok(failure.response()));
+/// Answers with a 500 for a panic, and counts it.
+fn answer_panic<E>(reply: oneshot::Sender<Reply<E>>, active: &Active) {
+    active.panicked();
+    let _ = reply.send(Ok(Failure::Panicked.response()));
+}
+
+/// How a pump ended.
+enum Pumped {
+    /// The body ended or failed (and the reader was told), or the reader left.
+    Done,
+    /// The body panicked (and the reader was told).
+    Panicked,
+    /// The deadline passed; the reader has not been told.
+    Elapsed,
 }
 
 /// Moves frames from the inner body to the channel until the body ends, it
-/// fails, or the reader goes away.
-async fn pump<B>(mut body: std::pin::Pin<&mut Guarded<B>>, tx: &FrameSender)
+/// fails, the reader goes away, or the deadline passes.
+async fn pump<B>(mut body: Pin<&mut Guarded<B>>, tx: &FrameSender, deadline: Option<Instant>) -> Pumped
 where
     B: Body,
     B::Error: Into<BoxError>,
 {
     let mut closed = pin!(tx.closed());
+    let mut elapsed = pin!(async {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    });
     let mut produced = 0usize;
     loop {
         // Room first: a frame produced with nowhere to go would either block
         // the thread or grow memory.
-        let Ok(permit) = tx.reserve().await else {
-            return;
+        let mut reserve = pin!(tx.reserve());
+        let permit = poll_fn(|cx| {
+            if elapsed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(Pumped::Elapsed));
+            }
+            reserve
+                .as_mut()
+                .poll(cx)
+                .map(|permit| permit.map_err(|_| Pumped::Done))
+        });
+        let permit = match permit.await {
+            Ok(permit) => permit,
+            Err(end) => return end,
         };
         // Watch for the reader going away while the body is pending, not
         // only at the next send.
         let next = poll_fn(|cx| {
             if closed.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
+                return Poll::Ready(Err(Pumped::Done));
             }
-            body.as_mut().poll_frame(cx).map(Some)
+            if elapsed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(Pumped::Elapsed));
+            }
+            body.as_mut().poll_frame(cx).map(Ok)
         })
         .await;
         match next {
-            None => return,
-            Some(Ok(Some(Ok(frame)))) => permit.send(Msg::Frame(frame)),
-            Some(Ok(Some(Err(error)))) => return permit.send(Msg::Error(error)),
-            Some(Ok(None)) => return permit.send(Msg::End),
-            Some(Err(panic)) => return permit.send(Msg::Error(panic.into())),
+            Err(end) => return end,
+            Ok(Ok(Some(Ok(frame)))) => permit.send(Msg::Frame(frame)),
+            Ok(Ok(Some(Err(error)))) => {
+                permit.send(Msg::Error(error));
+                return Pumped::Done;
+            }
+            Ok(Ok(None)) => {
+                permit.send(Msg::End);
+                return Pumped::Done;
+            }
+            Ok(Err(panic)) => {
+                permit.send(Msg::Error(panic.into()));
+                return Pumped::Panicked;
+            }
         }
         produced += 1;
         if produced % FRAMES_PER_TURN == 0 {

@@ -1,7 +1,7 @@
 //! One worker thread: a current-thread runtime with a `LocalSet`, serving
 //! many requests at once.
 //!
-//! The event loop takes a job from the queue only while fewer than
+//! The event loop takes a job from the queues only while fewer than
 //! `max_streams_per_worker` requests are active on this thread. Each job
 //! becomes a local task; its first poll happens inline, so a request whose
 //! future and body are ready at once (the common case) never pays for a
@@ -14,60 +14,66 @@ use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::{io, thread};
 
 use super::unwind::guard;
-use super::{Config, Job, Queues};
+use super::{Core, Envelope, Queues};
 use crate::error::Failure;
+use crate::stats::WorkerCounters;
 use crate::WorkerId;
 
 /// The task serving one request, local to its worker.
 pub(crate) type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
 
 /// Starts worker `index` on a new thread.
-pub(super) fn spawn(index: usize, queues: Queues, config: Arc<Config>) -> io::Result<()> {
-    let name = format!("{}-{}", config.thread_name, index);
-    let id = WorkerId::new(index, name.as_str().into());
+pub(super) fn spawn(index: usize, queues: Queues, core: Arc<Core>) -> io::Result<()> {
+    let name = format!("{}-{}", core.config.thread_name, index);
+    let id = WorkerId::new(core.id, index, name.as_str().into());
     thread::Builder::new()
         .name(name)
         .spawn(move || {
-            let respawn = Respawn {
+            let exit = Exit {
                 index,
                 queues: queues.clone(),
-                config: config.clone(),
+                core: core.clone(),
             };
-            run(id, queues, config);
-            // A normal exit: nothing to replace.
-            std::mem::forget(respawn);
+            run(id, &queues, &core);
+            drop(exit);
         })
         .map(drop)
 }
 
-/// Replaces a worker whose thread is unwinding from a panic that escaped the
-/// shields around user code (a panic in a panic payload's `Drop`, say).
-/// Requests the dead thread held fail when their reply channels drop; its
-/// services are rebuilt lazily on the new thread.
-struct Respawn {
+/// Runs when a worker thread ends. After a panic that escaped the shields
+/// around user code (a panic in a panic payload's `Drop`, say) it starts a
+/// replacement: requests the dead thread held fail when their reply
+/// channels drop, and its services are rebuilt lazily on the new thread.
+struct Exit {
     index: usize,
     queues: Queues,
-    config: Arc<Config>,
+    core: Arc<Core>,
 }
 
-impl Drop for Respawn {
+impl Drop for Exit {
     fn drop(&mut self) {
         let Queues { own, shared } = &self.queues;
         let work_left = !own.is_closed() || !own.is_empty() || !shared.is_empty();
         if thread::panicking() && work_left {
-            let _ = spawn(self.index, self.queues.clone(), self.config.clone());
+            let counters = self.core.counters.worker(self.index);
+            counters.replaced.fetch_add(1, Relaxed);
+            if spawn(self.index, self.queues.clone(), self.core.clone()).is_ok() {
+                return;
+            }
         }
+        self.core.lifecycle.exited();
     }
 }
 
-fn run(id: WorkerId, queues: Queues, config: Arc<Config>) {
+fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) {
     id.enter();
-    if let Some(hook) = &config.on_thread_start {
+    if let Some(hook) = &core.config.on_thread_start {
         let _ = guard(|| hook(&id));
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -75,31 +81,46 @@ fn run(id: WorkerId, queues: Queues, config: Arc<Config>) {
         .build()
         .expect("tower-affinity: failed to build a worker runtime");
     let local = tokio::task::LocalSet::new();
-    let state = WorkerState::new(id, config);
-    local.block_on(&runtime, serve(queues, &state));
+    let state = WorkerState::new(id, core.clone());
+    local.block_on(&runtime, async {
+        let mut serving = pin!(serve(queues, &state));
+        let mut aborted = pin!(core.lifecycle.aborted());
+        poll_fn(|cx| {
+            if aborted.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            serving.as_mut().poll(cx)
+        })
+        .await;
+    });
+    // Only after an abort can jobs be left in closed queues.
+    while let Ok(envelope) = queues.own.try_recv().or_else(|_| queues.shared.try_recv()) {
+        state.reject(envelope, Failure::ShutDown);
+    }
     // Tasks still in the set (none after a clean drain) are dropped here, on
-    // this thread, before the services they may point to.
+    // this thread, before the services they may point to. Their bodies end
+    // with an error: their channels close without an end marker.
     drop(local);
     state.drop_services();
-    if let Some(hook) = &state.config.on_thread_stop {
+    if let Some(hook) = &core.config.on_thread_stop {
         let _ = guard(|| hook(&state.id));
     }
 }
 
 /// The event loop: admit jobs while there is room, then drain on shutdown.
-async fn serve(queues: Queues, state: &WorkerState) {
-    let max = state.config.max_streams_per_worker;
+async fn serve(queues: &Queues, state: &WorkerState) {
+    let max = state.core.config.max_streams_per_worker;
     loop {
         state.load.below(max).await;
-        let Some(job) = next_job(&queues).await else {
+        let Some(envelope) = next_job(queues).await else {
             break;
         };
-        if queues.shared.is_closed() {
+        if queues.shared.is_closed() && !state.core.lifecycle.phase().serves_queued() {
             // Every handle is gone: answer what is still queued, take no more.
-            job.reject(Failure::ShutDown);
+            state.reject(envelope, Failure::ShutDown);
             continue;
         }
-        state.start(job);
+        state.start(envelope);
     }
     // Let the requests already started finish before the services go.
     state.load.below(1).await;
@@ -108,27 +129,27 @@ async fn serve(queues: Queues, state: &WorkerState) {
 /// The next job, from this worker's own queue first (keyed requests keep
 /// their order), else from the shared one; `None` once both are closed and
 /// empty.
-async fn next_job(queues: &Queues) -> Option<Box<dyn Job>> {
-    if let Ok(job) = queues.own.try_recv() {
-        return Some(job);
+async fn next_job(queues: &Queues) -> Option<Envelope> {
+    if let Ok(envelope) = queues.own.try_recv() {
+        return Some(envelope);
     }
     let mut own = pin!(queues.own.recv());
     let mut shared = pin!(queues.shared.recv());
-    // Both queues close together, when the pool's last handle drops.
+    // Both queues close together, when the pool shuts down.
     let (mut own_open, mut shared_open) = (true, true);
     poll_fn(|cx| {
         // A receive future that lost the race is dropped with its listener,
         // which hands a notification it got on to another worker.
         if own_open {
             match own.as_mut().poll(cx) {
-                Poll::Ready(Ok(job)) => return Poll::Ready(Some(job)),
+                Poll::Ready(Ok(envelope)) => return Poll::Ready(Some(envelope)),
                 Poll::Ready(Err(_)) => own_open = false,
                 Poll::Pending => {}
             }
         }
         if shared_open {
             match shared.as_mut().poll(cx) {
-                Poll::Ready(Ok(job)) => return Poll::Ready(Some(job)),
+                Poll::Ready(Ok(envelope)) => return Poll::Ready(Some(envelope)),
                 Poll::Ready(Err(_)) => shared_open = false,
                 Poll::Pending => {}
             }
@@ -145,24 +166,29 @@ async fn next_job(queues: &Queues) -> Option<Box<dyn Job>> {
 /// What a worker thread owns: its service instances and its load.
 pub(crate) struct WorkerState {
     id: WorkerId,
-    config: Arc<Config>,
+    core: Arc<Core>,
     // One instance per wrapped service, created on first use on this thread.
     services: RefCell<HashMap<u64, Rc<dyn Any>>>,
     load: Rc<Load>,
 }
 
 impl WorkerState {
-    fn new(id: WorkerId, config: Arc<Config>) -> Self {
+    fn new(id: WorkerId, core: Arc<Core>) -> Self {
+        let load = Rc::new(Load {
+            core: core.clone(),
+            index: id.index(),
+            waiter: Cell::new(None),
+        });
         Self {
             id,
-            config,
+            core,
             services: RefCell::default(),
-            load: Rc::default(),
+            load,
         }
     }
 
-    pub(crate) fn config(&self) -> &Config {
-        &self.config
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.core
     }
 
     pub(crate) fn id(&self) -> &WorkerId {
@@ -181,19 +207,37 @@ impl WorkerState {
         instance
     }
 
+    fn reject(&self, envelope: Envelope, failure: Failure) {
+        self.core.counters.rejected.fetch_add(1, Relaxed);
+        envelope.job.reject(failure);
+    }
+
     /// Starts serving a job: polls its task once inline, spawns it only if
     /// it has to wait.
-    fn start(&self, job: Box<dyn Job>) {
+    fn start(&self, envelope: Envelope) {
+        let Envelope { job, enqueued, .. } = envelope;
+        if let (Some(enqueued), Some(timeout)) = (enqueued, self.core.config.queue_timeout) {
+            if enqueued.elapsed() > timeout {
+                self.core.counters.timed_out.fetch_add(1, Relaxed);
+                return job.reject(Failure::TimedOut);
+            }
+        }
         let active = self.load.enter();
-        let mut task = job.start(self);
+        let mut task = job.start(self, active);
         let mut cx = Context::from_waker(Waker::noop());
         // The inline poll uses a no-op waker: if the task is pending, the
         // spawned task is polled again at once and registers its real waker.
-        if task.as_mut().poll(&mut cx).is_pending() {
-            tokio::task::spawn_local(async move {
-                task.await;
-                drop(active);
-            });
+        let pending = {
+            let _polling = self.core.counters.polling(self.id.index());
+            task.as_mut().poll(&mut cx).is_pending()
+        };
+        if pending {
+            let core = self.core.clone();
+            let index = self.id.index();
+            tokio::task::spawn_local(poll_fn(move |cx| {
+                let _polling = core.counters.polling(index);
+                task.as_mut().poll(cx)
+            }));
         }
     }
 
@@ -206,22 +250,26 @@ impl WorkerState {
 }
 
 /// How many requests this worker is serving, and the event loop's waker.
-#[derive(Default)]
 struct Load {
-    active: Cell<usize>,
+    core: Arc<Core>,
+    index: usize,
     waiter: Cell<Option<Waker>>,
 }
 
 impl Load {
+    fn counters(&self) -> &WorkerCounters {
+        self.core.counters.worker(self.index)
+    }
+
     fn enter(self: &Rc<Self>) -> Active {
-        self.active.set(self.active.get() + 1);
+        self.counters().active.fetch_add(1, Relaxed);
         Active(self.clone())
     }
 
     /// Resolves once fewer than `max` requests are active.
     fn below(&self, max: usize) -> impl Future<Output = ()> + '_ {
         poll_fn(move |cx| {
-            if self.active.get() < max {
+            if self.counters().active.load(Relaxed) < max {
                 Poll::Ready(())
             } else {
                 self.waiter.set(Some(cx.waker().clone()));
@@ -232,11 +280,20 @@ impl Load {
 }
 
 /// One active request; dropping it makes room and wakes the event loop.
-struct Active(Rc<Load>);
+pub(crate) struct Active(Rc<Load>);
+
+impl Active {
+    /// Counts a panic caught while serving this request.
+    pub(crate) fn panicked(&self) {
+        self.0.counters().panicked.fetch_add(1, Relaxed);
+    }
+}
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.active.set(self.0.active.get() - 1);
+        let counters = self.0.counters();
+        counters.active.fetch_sub(1, Relaxed);
+        counters.completed.fetch_add(1, Relaxed);
         if let Some(waker) = self.0.waiter.take() {
             waker.wake();
         }
