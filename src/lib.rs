@@ -140,6 +140,7 @@ mod layer;
 mod pool;
 mod service;
 pub mod stats;
+mod trace;
 mod worker_id;
 
 pub use self::body::ThreadAffinityBody;

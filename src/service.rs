@@ -13,6 +13,7 @@ use tower_service::Service;
 use crate::error::{BoxError, Failure};
 use crate::future::ResponseFuture;
 use crate::pool::{Call, Pool};
+use crate::trace;
 use crate::{Overload, ThreadAffinityBody, WorkerId};
 
 /// Runs an inner service on the worker threads of a [`ThreadAffinityLayer`].
@@ -167,8 +168,14 @@ where
         // Without a reservation (the reject policy, or a caller that skipped
         // `poll_ready`), `submit` tries to take a place at once.
         match pool.submit(job, self.permit.take(), worker) {
-            Ok(()) => ResponseFuture::waiting(rx),
-            Err(failure) => ResponseFuture::failed(failure),
+            Ok(()) => {
+                trace::debug!(?worker, "enqueued");
+                ResponseFuture::waiting(rx)
+            }
+            Err(failure) => {
+                trace::debug!(?failure, "rejected");
+                ResponseFuture::failed(failure)
+            }
         }
     }
 }

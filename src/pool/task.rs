@@ -28,6 +28,7 @@ use crate::body::{FrameSender, Msg};
 use crate::error::{BoxError, Elapsed, Failure};
 use crate::future::Reply;
 use crate::service::Shared;
+use crate::trace::{self, Span};
 use crate::ThreadAffinityBody;
 
 /// How many frames a stream produces before it yields to the worker's other
@@ -42,6 +43,7 @@ where
     shared: Arc<Shared<S>>,
     request: Request<B>,
     reply: oneshot::Sender<Reply<S::Error>>,
+    span: Span,
 }
 
 impl<S, B> Call<S, B>
@@ -57,6 +59,7 @@ where
             shared,
             request,
             reply,
+            span: Span::current(),
         }
     }
 }
@@ -75,6 +78,7 @@ where
             shared,
             mut request,
             reply,
+            span,
         } = *self;
         request.extensions_mut().insert(worker.id().clone());
         let config = &worker.core().config;
@@ -83,15 +87,17 @@ where
             deadline: config.response_deadline,
         };
         let service = guard(|| worker.instance(shared.id(), || shared.make(worker.id())));
-        Box::pin(async move {
+        span.in_scope(|| trace::debug!(worker = worker.id().index(), "started"));
+        Box::pin(span.instrument(async move {
             match service {
                 Ok(service) => serve(service, request, reply, limits, active).await,
                 Err(_) => answer_panic(reply, &active),
             }
-        })
+        }))
     }
 
     fn reject(self: Box<Self>, failure: Failure) {
+        self.span.in_scope(|| trace::debug!(?failure, "rejected"));
         let _ = self.reply.send(Ok(failure.response()));
     }
 }
@@ -141,7 +147,7 @@ async fn serve<S, B, ResBody>(
     .await;
     drop(service);
     let future = match called {
-        None => return,
+        None => return trace::debug!("cancelled"),
         Some(Err(_)) => return answer_panic(reply, &active),
         Some(Ok(Err(error))) => {
             let _ = reply.send(Err(error));
@@ -159,7 +165,7 @@ async fn serve<S, B, ResBody>(
     })
     .await;
     let response = match response {
-        None => return,
+        None => return trace::debug!("cancelled"),
         Some(Err(_)) => return answer_panic(reply, &active),
         Some(Ok(Err(error))) => {
             let _ = reply.send(Err(error));
@@ -183,11 +189,13 @@ async fn serve<S, B, ResBody>(
     let first = match first {
         Poll::Ready(Err(_)) => return answer_panic(reply, &active),
         Poll::Ready(Ok(Some(Ok(frame)))) if body.is_end_stream().unwrap_or(false) => {
+            trace::debug!(status = parts.status.as_u16(), streamed = false, "head sent");
             let body = ThreadAffinityBody::ready(Some(Ok(frame)), hint);
             let _ = reply.send(Ok(Response::from_parts(parts, body)));
             return;
         }
         Poll::Ready(Ok(item @ (None | Some(Err(_))))) => {
+            trace::debug!(status = parts.status.as_u16(), streamed = false, "head sent");
             let body = ThreadAffinityBody::ready(item, hint);
             let _ = reply.send(Ok(Response::from_parts(parts, body)));
             return;
@@ -202,13 +210,19 @@ async fn serve<S, B, ResBody>(
         // The channel is new and has room for at least one message.
         let _ = tx.try_send(Msg::Frame(frame));
     }
+    trace::debug!(status = parts.status.as_u16(), streamed = true, "head sent");
     if reply.send(Ok(Response::from_parts(parts, stream))).is_err() {
-        return;
+        return trace::debug!("cancelled");
     }
     match pump(body.as_mut(), &tx, deadline).await {
-        Pumped::Done => {}
-        Pumped::Panicked => active.panicked(),
+        Pumped::Done => trace::debug!("ended"),
+        Pumped::Cancelled => trace::debug!("cancelled"),
+        Pumped::Panicked => {
+            trace::warning!("panicked");
+            active.panicked();
+        }
         Pumped::Elapsed => {
+            trace::debug!("deadline elapsed");
             // Drop the inner body now, on this thread, and make room for
             // other requests; then tell the reader, once it makes room.
             body.clear();
@@ -222,14 +236,17 @@ async fn serve<S, B, ResBody>(
 
 /// Answers with a 500 for a panic, and counts it.
 fn answer_panic<E>(reply: oneshot::Sender<Reply<E>>, active: &Active) {
+    trace::warning!("panicked");
     active.panicked();
     let _ = reply.send(Ok(Failure::Panicked.response()));
 }
 
 /// How a pump ended.
 enum Pumped {
-    /// The body ended or failed (and the reader was told), or the reader left.
+    /// The body ended or failed, and the reader was told.
     Done,
+    /// The reader went away.
+    Cancelled,
     /// The body panicked (and the reader was told).
     Panicked,
     /// The deadline passed; the reader has not been told.
@@ -262,7 +279,7 @@ where
             reserve
                 .as_mut()
                 .poll(cx)
-                .map(|permit| permit.map_err(|_| Pumped::Done))
+                .map(|permit| permit.map_err(|_| Pumped::Cancelled))
         });
         let permit = match permit.await {
             Ok(permit) => permit,
@@ -272,7 +289,7 @@ where
         // only at the next send.
         let next = poll_fn(|cx| {
             if closed.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(Pumped::Done));
+                return Poll::Ready(Err(Pumped::Cancelled));
             }
             if elapsed.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(Pumped::Elapsed));
