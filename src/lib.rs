@@ -138,6 +138,7 @@ pub mod error;
 pub mod future;
 mod layer;
 mod pool;
+pub mod prebuffer;
 mod service;
 pub mod stats;
 mod trace;

@@ -36,7 +36,9 @@ where
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8(body.to_vec()).unwrap())
     };
-    tokio::time::timeout(HANG_GUARD, call).await.expect("request hung")
+    tokio::time::timeout(HANG_GUARD, call)
+        .await
+        .expect("request hung")
 }
 
 /// A service answering with the index of the worker it ran on, read from the
@@ -109,7 +111,9 @@ async fn keyed_requests_run_in_order() {
     let order = Arc::new(Mutex::new(Vec::new()));
     let log = order.clone();
     let svc = layer.layer(blocking::service_fn(move |req: Request<()>| {
-        log.lock().unwrap().push(req.uri().path()[1..].parse::<u32>().unwrap());
+        log.lock()
+            .unwrap()
+            .push(req.uri().path()[1..].parse::<u32>().unwrap());
         Response::new(String::new())
     }));
     // Call in order, then await together: admission order is call order.
@@ -270,11 +274,19 @@ async fn hooks_run_on_worker_threads() {
         .thread_name("hooked")
         .on_thread_start(move |id| {
             let name = thread::current().name().map(str::to_owned);
-            start_tx.lock().unwrap().send(("start", id.clone(), name)).unwrap();
+            start_tx
+                .lock()
+                .unwrap()
+                .send(("start", id.clone(), name))
+                .unwrap();
         })
         .on_thread_stop(move |id| {
             let name = thread::current().name().map(str::to_owned);
-            stop_tx.lock().unwrap().send(("stop", id.clone(), name)).unwrap();
+            stop_tx
+                .lock()
+                .unwrap()
+                .send(("stop", id.clone(), name))
+                .unwrap();
         })
         .build();
     let mut svc = layer.layer(whoami());
@@ -330,6 +342,9 @@ async fn unkeyed_requests_go_to_the_worker_with_room() {
     release_tx.send(()).unwrap();
     let long = long.await.unwrap().unwrap();
     let long_worker = long.into_body().collect().await.unwrap().to_bytes();
-    assert!(quick.iter().all(|w| w.as_bytes() != long_worker), "{quick:?}");
+    assert!(
+        quick.iter().all(|w| w.as_bytes() != long_worker),
+        "{quick:?}"
+    );
     assert!(quick.iter().all(|w| *w == quick[0]));
 }

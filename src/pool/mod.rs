@@ -198,8 +198,8 @@ impl Pool {
             return (request, None);
         };
         let (parts, body) = request.into_parts();
-        let worker = key(&parts, &self.inner.seed)
-            .map(|hash| (hash % self.inner.own.len() as u64) as usize);
+        let worker =
+            key(&parts, &self.inner.seed).map(|hash| (hash % self.inner.own.len() as u64) as usize);
         (Request::from_parts(parts, body), worker)
     }
 

@@ -189,13 +189,21 @@ async fn serve<S, B, ResBody>(
     let first = match first {
         Poll::Ready(Err(_)) => return answer_panic(reply, &active),
         Poll::Ready(Ok(Some(Ok(frame)))) if body.is_end_stream().unwrap_or(false) => {
-            trace::debug!(status = parts.status.as_u16(), streamed = false, "head sent");
+            trace::debug!(
+                status = parts.status.as_u16(),
+                streamed = false,
+                "head sent"
+            );
             let body = ThreadAffinityBody::ready(Some(Ok(frame)), hint);
             let _ = reply.send(Ok(Response::from_parts(parts, body)));
             return;
         }
         Poll::Ready(Ok(item @ (None | Some(Err(_))))) => {
-            trace::debug!(status = parts.status.as_u16(), streamed = false, "head sent");
+            trace::debug!(
+                status = parts.status.as_u16(),
+                streamed = false,
+                "head sent"
+            );
             let body = ThreadAffinityBody::ready(item, hint);
             let _ = reply.send(Ok(Response::from_parts(parts, body)));
             return;
@@ -255,7 +263,11 @@ enum Pumped {
 
 /// Moves frames from the inner body to the channel until the body ends, it
 /// fails, the reader goes away, or the deadline passes.
-async fn pump<B>(mut body: Pin<&mut Guarded<B>>, tx: &FrameSender, deadline: Option<Instant>) -> Pumped
+async fn pump<B>(
+    mut body: Pin<&mut Guarded<B>>,
+    tx: &FrameSender,
+    deadline: Option<Instant>,
+) -> Pumped
 where
     B: Body,
     B::Error: Into<BoxError>,
