@@ -164,6 +164,10 @@ async fn over_limit_streams_the_rest_in_order() {
     assert_eq!(body, expected);
 }
 
+/// A request body of frames known in advance.
+type FrameList =
+    StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+
 /// Trailers of the request survive buffering.
 #[tokio::test]
 async fn request_trailers_survive() {
@@ -171,13 +175,7 @@ async fn request_trailers_survive() {
         .layer(PrebufferLayer::new(1024))
         .layer(ThreadAffinityLayer::new(1))
         .service(blocking::service_fn(
-            |req: Request<
-                PrebufferedBody<
-                    StreamBody<
-                        futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>,
-                    >,
-                >,
-            >| {
+            |req: Request<PrebufferedBody<FrameList>>| {
                 let frames = futures::executor::block_on(req.into_body().collect()).unwrap();
                 let trailer = frames.trailers().unwrap()["x-sum"]
                     .to_str()
