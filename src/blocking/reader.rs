@@ -51,9 +51,11 @@ impl<R> ReaderBody<R> {
         self
     }
 
-    /// Declares the exact number of bytes the reader yields, so that the
-    /// body has an exact size hint (and hyper sends `Content-Length`).
-    /// A reader that then ends early or runs long fails the body.
+    /// Declares the exact number of bytes the body yields, so that it has an
+    /// exact size hint (and hyper sends `Content-Length`). The body reads
+    /// exactly `len` bytes and stops there; a reader that ends earlier
+    /// fails the body with [`UnexpectedEof`](io::ErrorKind::UnexpectedEof),
+    /// never a short clean end.
     #[allow(clippy::len_without_is_empty)]
     pub fn len(mut self, len: u64) -> Self {
         self.remaining = Some(len);
@@ -64,8 +66,9 @@ impl<R> ReaderBody<R> {
 impl<R> Unpin for ReaderBody<R> {}
 
 impl<R: Read> ReaderBody<R> {
-    fn read_chunk(&mut self, reader: &mut R) -> io::Result<Vec<u8>> {
-        let mut chunk = vec![0; self.chunk_size];
+    /// Reads until `want` bytes or the end of input.
+    fn read_chunk(reader: &mut R, want: usize) -> io::Result<Vec<u8>> {
+        let mut chunk = vec![0; want];
         let mut filled = 0;
         while filled < chunk.len() {
             match reader.read(&mut chunk[filled..]) {
@@ -89,30 +92,39 @@ impl<R: Read> Body for ReaderBody<R> {
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
+        // Taken for the read, put back only if more is to come: errors and
+        // the end are final.
         let Some(mut reader) = this.reader.take() else {
             return Poll::Ready(None);
         };
-        let chunk = match this.read_chunk(&mut reader) {
+        // With a declared length, never read past it: a reader that has
+        // exactly that much but does not signal its end (a socket) must not
+        // block the worker on one more read.
+        let want = match this.remaining {
+            Some(remaining) => this.chunk_size.min(remaining.try_into().unwrap_or(usize::MAX)),
+            None => this.chunk_size,
+        };
+        let chunk = match Self::read_chunk(&mut reader, want) {
             Ok(chunk) => chunk,
             Err(e) => return Poll::Ready(Some(Err(e))),
         };
-        let read = chunk.len() as u64;
+        let short = chunk.len() < want;
         if let Some(remaining) = &mut this.remaining {
-            if read > *remaining || (read == 0 && *remaining > 0) {
-                let e = io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "reader length differs from the declared length",
-                );
-                return Poll::Ready(Some(Err(e)));
+            *remaining -= chunk.len() as u64;
+            if short {
+                return Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "reader ended before its declared length",
+                ))));
             }
-            *remaining -= read;
+            if *remaining > 0 {
+                this.reader = Some(reader);
+            }
+        } else if !short {
+            this.reader = Some(reader);
         }
         if chunk.is_empty() {
             return Poll::Ready(None);
-        }
-        // A short chunk means end of input; otherwise keep reading.
-        if chunk.len() == this.chunk_size && this.remaining != Some(0) {
-            this.reader = Some(reader);
         }
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
     }

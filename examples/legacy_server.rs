@@ -1,0 +1,451 @@
+//! A legacy-style app on axum: plain blocking handlers and SQLite, each
+//! worker thread with its own connection, behind `ThreadAffinityLayer`.
+//!
+//! ```text
+//! PORT=3000 cargo run --release --example legacy_server
+//! curl -s localhost:3000/orders/42
+//! curl -s localhost:3000/export.csv | wc -l
+//! curl -s -H 'x-session: alice' localhost:3000/session
+//! ```
+//!
+//! The handlers are ordinary synchronous functions, `fn(&Worker, Request) ->
+//! Response`: no `async`, no `spawn_blocking`. Each runs on one of the
+//! layer's worker threads, where blocking is fine, with that thread's
+//! `Worker`: its own SQLite connection and session table, built on the
+//! thread by `ThreadAffinityLayer::service_with` and never shared. Requests
+//! carrying an `x-session` header always go to the same worker, so a
+//! session's state stays where it was made. `/export.csv` streams the whole table without loading
+//! it: the worker reads the next page of rows only when the client has taken
+//! the previous ones, and serves other requests in between.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::error::Error;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Instant;
+
+use axum::Router;
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde::Serialize;
+use tower_affinity::blocking::{service_fn, IterBody};
+use tower_affinity::{BoxError, ThreadAffinity, ThreadAffinityLayer, WorkerId};
+
+/// How many orders the demo database holds.
+const ROWS: i64 = 200_000;
+
+/// Rows per chunk of `/export.csv`: one page is one query and one frame
+/// (about 45 KB), small enough that a stalled client holds little memory.
+const PAGE: i64 = 1000;
+
+/// The body every handler returns. It need not be `Send` (the layer polls it
+/// on the worker that made it), so `/export.csv` streams from an
+/// `Rc<Connection>`.
+type AppBody = Pin<Box<dyn http_body::Body<Data = Bytes, Error = BoxError>>>;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error>> {
+    let db = db_path();
+    seed(&db)?;
+
+    // SQLite reads can wait on the disk, so a few more threads than cores.
+    // The layer's threads are the only ones that touch the database after
+    // seeding; each opens its own read-only connection. A session's requests
+    // all go to one worker, where its state lives.
+    let layer = ThreadAffinityLayer::builder()
+        .workers(4)
+        .thread_name("sqlite-worker")
+        .affinity_header(HeaderName::from_static("x-session"))
+        .build();
+
+    let port: u16 = match std::env::var("PORT") {
+        Ok(port) => port.parse()?,
+        Err(_) => 3000,
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let addr = listener.local_addr()?;
+    println!(
+        "legacy_server listening on http://{addr} (database {})",
+        db.display()
+    );
+    println!("try:");
+    println!("  curl -s http://{addr}/");
+    println!("  curl -s http://{addr}/orders/42");
+    println!("  curl -si http://{addr}/orders/999999999");
+    println!("  curl -s http://{addr}/stats");
+    println!("  curl -s http://{addr}/export.csv | head");
+    println!("  curl -s http://{addr}/export.csv | wc -l");
+    println!("  curl -s -H 'x-session: alice' http://{addr}/session");
+
+    axum::serve(listener, app(&layer))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+/// The router: one blocking handler per route, each run by the layer.
+///
+/// `route_service` rather than `route`: these are not axum handlers but
+/// services, and the layer is what makes them callable from async code.
+/// Each route is a clone of one `ThreadAffinity`, and clones share the
+/// workers' instances: every route on a worker uses that worker's one
+/// `Worker`, built there on first use.
+fn app(layer: &ThreadAffinityLayer) -> Router {
+    let svc = blocking_app(layer);
+    Router::new()
+        .route_service("/", svc.clone())
+        .route_service("/orders/{id}", svc.clone())
+        .route_service("/stats", svc.clone())
+        .route_service("/export.csv", svc.clone())
+        .route_service("/session", svc)
+}
+
+/// What each worker thread owns. Built on that thread, never moved off it:
+/// `Rc` and `RefCell` are fine here.
+struct Worker {
+    id: WorkerId,
+    db: Rc<Connection>,
+    /// Visits per session: only ever correct because sessions are sticky.
+    sessions: RefCell<HashMap<String, u64>>,
+}
+
+/// The blocking application: a factory that builds a `Worker` on each
+/// worker thread, and a synchronous router over the handlers.
+fn blocking_app(
+    layer: &ThreadAffinityLayer,
+) -> ThreadAffinity<
+    impl tower::Service<Req, Response = Response<AppBody>, Error = std::convert::Infallible>,
+> {
+    layer.service_with(|id: WorkerId| {
+        let db = Connection::open_with_flags(
+            db_path(),
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .expect("open the seeded database");
+        let worker = Worker {
+            id,
+            db: Rc::new(db),
+            sessions: RefCell::default(),
+        };
+        service_fn(move |req: Req| {
+            if let Some(refused) = only_get(&req) {
+                return refused;
+            }
+            let path = req.uri().path();
+            let handler = match path {
+                "/" => index,
+                "/stats" => stats,
+                "/export.csv" => export_csv,
+                "/session" => session,
+                _ if path.starts_with("/orders/") => order,
+                _ => not_found,
+            };
+            worker_header(&worker, handler(&worker, req))
+        })
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Handlers: plain blocking code, on a worker thread
+// ---------------------------------------------------------------------------
+
+type Req = Request<axum::body::Body>;
+
+/// `GET /`: what this server offers.
+fn index(_: &Worker, _: Req) -> Response<AppBody> {
+    let text = "\
+GET /orders/{id}   one order as JSON (404 if there is none)
+GET /stats         number of orders and their total, as JSON
+GET /export.csv    every order as CSV, streamed page by page
+GET /session       visits of the session named by the x-session header
+";
+    reply(StatusCode::OK, "text/plain; charset=utf-8", text)
+}
+
+#[derive(Serialize)]
+struct Order {
+    id: i64,
+    customer: String,
+    amount_cents: i64,
+    created_at: String,
+}
+
+fn not_found(_: &Worker, req: Req) -> Response<AppBody> {
+    let text = format!("no route {}\n", req.uri().path());
+    reply(StatusCode::NOT_FOUND, TEXT, text)
+}
+
+/// `GET /orders/{id}`: one row as JSON.
+fn order(worker: &Worker, req: Req) -> Response<AppBody> {
+    // `route_service` hands over the whole request, so the parameter comes
+    // from the path itself.
+    let id = req.uri().path().trim_start_matches("/orders/");
+    let Ok(id) = id.parse::<i64>() else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            TEXT,
+            format!("not an order id: {id:?}\n"),
+        );
+    };
+    let found = (|| {
+        worker
+            .db
+            .prepare_cached(
+                "SELECT id, customer, amount_cents, created_at FROM orders WHERE id = ?1",
+            )?
+            .query_row([id], |row| {
+                Ok(Order {
+                    id: row.get(0)?,
+                    customer: row.get(1)?,
+                    amount_cents: row.get(2)?,
+                    created_at: row.get(3)?,
+                })
+            })
+            .optional()
+    })();
+    match found {
+        Ok(Some(order)) => json(&order),
+        Ok(None) => reply(StatusCode::NOT_FOUND, TEXT, format!("no order {id}\n")),
+        Err(e) => internal_error(&e),
+    }
+}
+
+#[derive(Serialize)]
+struct Stats {
+    count: i64,
+    sum_amount_cents: i64,
+}
+
+/// `GET /stats`: a table scan, blocking its worker for a few milliseconds
+/// (the other workers keep serving).
+fn stats(worker: &Worker, _: Req) -> Response<AppBody> {
+    let stats = worker.db.query_row(
+        "SELECT count(*), coalesce(sum(amount_cents), 0) FROM orders",
+        [],
+        |row| {
+            Ok(Stats {
+                count: row.get(0)?,
+                sum_amount_cents: row.get(1)?,
+            })
+        },
+    );
+    match stats {
+        Ok(stats) => json(&stats),
+        Err(e) => internal_error(&e),
+    }
+}
+
+/// `GET /export.csv`: the whole table, streamed.
+///
+/// A rusqlite `Rows` borrows its `Statement`, which borrows the connection,
+/// so it cannot live in a response body that outlives this call. Instead the
+/// body is an iterator that owns a handle on this worker's connection (an
+/// `Rc`: the body never leaves this thread) and a cursor, the last id sent,
+/// and runs
+/// one short query per page (`WHERE id > ? ORDER BY id LIMIT 1000`, an index
+/// range scan on the primary key). `IterBody` calls it on this worker, only
+/// when the response has room, so a slow client pauses the export instead
+/// of buffering the table, and the worker serves other requests meanwhile.
+///
+/// Each page is its own read, so rows written during an export may or may
+/// not appear in it; this demo never writes after seeding.
+fn export_csv(worker: &Worker, _: Req) -> Response<AppBody> {
+    let db = worker.db.clone();
+    let mut after = 0i64;
+    let mut first = true;
+    let mut done = false;
+    let pages = std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let mut csv = String::new();
+        if std::mem::take(&mut first) {
+            csv.push_str("id,customer,amount_cents,created_at\n");
+        }
+        let last = csv_page(&db, after, &mut csv);
+        match last {
+            Ok(Some(last)) => after = last,
+            // Nothing after `after`: the export is complete.
+            Ok(None) => done = true,
+            // The body fails: hyper aborts the response, so the client sees a
+            // truncated transfer rather than a CSV that looks complete.
+            Err(e) => {
+                done = true;
+                return Some(Err(e));
+            }
+        }
+        (!csv.is_empty()).then(|| Ok(Bytes::from(csv)))
+    });
+    let mut response = Response::new(boxed(IterBody::new(pages)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    response
+}
+
+/// `GET /session`: counts the visits of the session named by `x-session`,
+/// in this worker's memory. The layer routes every request with the same
+/// header to the same worker, so the count is the session's own; without
+/// sticky routing it would be split over the workers.
+fn session(worker: &Worker, req: Req) -> Response<AppBody> {
+    let Some(name) = req.headers().get("x-session").and_then(|v| v.to_str().ok()) else {
+        return reply(StatusCode::BAD_REQUEST, TEXT, "send an x-session header\n");
+    };
+    let mut sessions = worker.sessions.borrow_mut();
+    let visits = sessions.entry(name.to_owned()).or_default();
+    *visits += 1;
+    let text = format!("session {name}: visit {visits} on {}\n", worker.id);
+    reply(StatusCode::OK, TEXT, text)
+}
+
+/// Appends the rows after `after` (up to a page) to `csv`; returns the last
+/// id written, or `None` when there are no more rows.
+fn csv_page(db: &Connection, after: i64, csv: &mut String) -> rusqlite::Result<Option<i64>> {
+    let mut statement = db.prepare_cached(
+        "SELECT id, customer, amount_cents, created_at FROM orders \
+         WHERE id > ?1 ORDER BY id LIMIT ?2",
+    )?;
+    let mut rows = statement.query(params![after, PAGE])?;
+    let mut last = None;
+    while let Some(row) = rows.next()? {
+        let id: i64 = row.get(0)?;
+        let customer: String = row.get(1)?;
+        let amount_cents: i64 = row.get(2)?;
+        let created_at: String = row.get(3)?;
+        let _ = writeln!(
+            csv,
+            "{id},{},{amount_cents},{}",
+            csv_field(&customer),
+            csv_field(&created_at)
+        );
+        last = Some(id);
+    }
+    Ok(last)
+}
+
+/// Quotes a CSV field when it needs it (RFC 4180): legacy data has commas.
+fn csv_field(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\"")).into()
+    } else {
+        value.into()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The database
+// ---------------------------------------------------------------------------
+
+fn db_path() -> PathBuf {
+    std::env::temp_dir().join("tower-affinity-example.sqlite3")
+}
+
+/// Creates the table and fills it, once: a database that already holds
+/// `ROWS` orders is left as it is.
+fn seed(path: &Path) -> rusqlite::Result<()> {
+    let mut db = Connection::open(path)?;
+    db.execute_batch(
+        "CREATE TABLE IF NOT EXISTS orders (
+             id           INTEGER PRIMARY KEY,
+             customer     TEXT    NOT NULL,
+             amount_cents INTEGER NOT NULL,
+             created_at   TEXT    NOT NULL
+         );",
+    )?;
+    let count: i64 = db.query_row("SELECT count(*) FROM orders", [], |row| row.get(0))?;
+    if count == ROWS {
+        println!("database already seeded with {count} orders");
+        return Ok(());
+    }
+    let started = Instant::now();
+    // One transaction: one journal write and one fsync for all rows, rather
+    // than one per row (seconds instead of minutes).
+    let tx = db.transaction()?;
+    tx.execute("DELETE FROM orders", [])?;
+    {
+        let mut insert = tx.prepare(
+            "INSERT INTO orders (id, customer, amount_cents, created_at)
+             VALUES (?1, ?2, ?3, datetime(1704067200 + ?1 * 157, 'unixepoch'))",
+        )?;
+        for id in 1..=ROWS {
+            let customer = format!("customer-{:05}", (id * 7919) % 10_007);
+            let amount_cents = 99 + (id * 104_729) % 50_000;
+            insert.execute(params![id, customer, amount_cents])?;
+        }
+    }
+    tx.commit()?;
+    println!("seeded {ROWS} orders in {:?}", started.elapsed());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Small response helpers
+// ---------------------------------------------------------------------------
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+fn boxed<B>(body: B) -> AppBody
+where
+    B: http_body::Body<Data = Bytes> + 'static,
+    B::Error: Into<BoxError>,
+{
+    Box::pin(body.map_err(Into::into))
+}
+
+/// A one-frame response: it goes back with its head, with `Content-Length`.
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<AppBody> {
+    let mut response = Response::new(boxed(Full::new(body.into())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn json<T: Serialize>(value: &T) -> Response<AppBody> {
+    match serde_json::to_vec(value) {
+        Ok(mut bytes) => {
+            bytes.push(b'\n');
+            reply(StatusCode::OK, "application/json", bytes)
+        }
+        Err(e) => internal_error(&e),
+    }
+}
+
+fn internal_error(error: &dyn Error) -> Response<AppBody> {
+    eprintln!("error: {error}");
+    reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, "internal error\n")
+}
+
+/// Every route here is read-only: anything but `GET` (or `HEAD`, whose body
+/// hyper drops) gets `405`.
+fn only_get(req: &Req) -> Option<Response<AppBody>> {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    let mut response = reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET here\n");
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    Some(response)
+}
+
+/// Says which worker thread served the request (see it with `curl -i`).
+fn worker_header(worker: &Worker, mut response: Response<AppBody>) -> Response<AppBody> {
+    if let Ok(value) = HeaderValue::from_str(worker.id.name()) {
+        response.headers_mut().insert("x-worker", value);
+    }
+    response
+}
