@@ -40,6 +40,9 @@ use crate::{Overload, ThreadAffinityBody, WorkerId};
 /// [`ThreadAffinityLayer::service_with`]: crate::ThreadAffinityLayer::service_with
 pub struct ThreadAffinity<S> {
     shared: Arc<Shared<S>>,
+    // Not in `Shared`: queued jobs hold that, and must not keep the pool
+    // (and so its queues) open after the last handle is gone.
+    pool: Pool,
     admission: PollSemaphore,
     // A place in the queue, taken by `poll_ready` for the next `call`.
     permit: Option<OwnedSemaphorePermit>,
@@ -48,10 +51,10 @@ pub struct ThreadAffinity<S> {
 /// Builds a worker's instance of the inner service, on that worker.
 type Factory<S> = Box<dyn Fn(WorkerId) -> S + Send + Sync>;
 
-/// What every clone of one `ThreadAffinity` shares.
+/// What every clone of one `ThreadAffinity`, and each of its queued jobs,
+/// shares.
 pub(crate) struct Shared<S> {
     id: u64,
-    pool: Pool,
     factory: Factory<S>,
 }
 
@@ -93,15 +96,15 @@ impl<S> ThreadAffinity<S> {
             permit: None,
             shared: Arc::new(Shared {
                 id: pool.next_service_id(),
-                pool,
                 factory: Box::new(factory),
             }),
+            pool,
         }
     }
 
     /// Whether `worker` is the thread calling: it would wait on itself.
     fn is_calling_thread(&self, worker: Option<usize>) -> bool {
-        let pool = &self.shared.pool;
+        let pool = &self.pool;
         let Some(me) = WorkerId::current() else {
             return false;
         };
@@ -122,6 +125,7 @@ impl<S> Clone for ThreadAffinity<S> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
+            pool: self.pool.clone(),
             admission: self.admission.clone(),
             permit: None,
         }
@@ -150,7 +154,7 @@ where
     /// [`Overload::Wait`]: crate::Overload::Wait
     /// [`Overload::Reject`]: crate::Overload::Reject
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.permit.is_none() && self.shared.pool.config().overload == Overload::Wait {
+        if self.permit.is_none() && self.pool.config().overload == Overload::Wait {
             // `None` means the pool shut down: `call` will say so.
             self.permit = ready!(self.admission.poll_acquire(cx));
         }
@@ -158,7 +162,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let pool = &self.shared.pool;
+        let pool = &self.pool;
         let (request, worker) = pool.route(request);
         if self.is_calling_thread(worker) {
             return ResponseFuture::failed(Failure::WouldDeadlock);
@@ -185,7 +189,7 @@ impl<S> fmt::Debug for ThreadAffinity<S> {
         f.debug_struct("ThreadAffinity")
             .field("service", &std::any::type_name::<S>())
             .field("id", &self.shared.id)
-            .field("pool", &self.shared.pool)
+            .field("pool", &self.pool)
             .finish()
     }
 }

@@ -79,7 +79,14 @@ where
                 return Err(self.over_limit());
             }
             let mut body = self.body.as_mut();
-            match block_on(std::future::poll_fn(|cx| body.as_mut().poll_frame(cx))) {
+            // Unconstrained: this poll runs inside the worker's Tokio task,
+            // whose cooperative budget only resets when the task yields, and
+            // a blocking read never yields. Without it, a tokio-fed body
+            // returns `Pending` forever after 128 frames.
+            let next = tokio::task::unconstrained(std::future::poll_fn(|cx| {
+                body.as_mut().poll_frame(cx)
+            }));
+            match block_on(next) {
                 None => self.done = true,
                 Some(Err(e)) => {
                     self.done = true;

@@ -215,7 +215,14 @@ impl WorkerState {
     /// Starts serving a job: polls its task once inline, spawns it only if
     /// it has to wait.
     fn start(&self, envelope: Envelope) {
-        let Envelope { job, enqueued, .. } = envelope;
+        let Envelope {
+            job,
+            enqueued,
+            _permit: permit,
+        } = envelope;
+        // The job has left the queue: free its place now, not after the
+        // inline poll below, which may block for as long as the handler runs.
+        drop(permit);
         if let (Some(enqueued), Some(timeout)) = (enqueued, self.core.config.queue_timeout) {
             if enqueued.elapsed() > timeout {
                 self.core.counters.timed_out.fetch_add(1, Relaxed);
