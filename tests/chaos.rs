@@ -1,0 +1,424 @@
+//! A chaos soak over real HTTP/1.1 on loopback: 20,000 requests from 64
+//! concurrent clients, mixing quick answers, streamed bodies, inner panics
+//! (before and after the head), clients that drop mid-stream, slow readers
+//! and request bodies of random sizes. Bounded in count and time; it stops
+//! by itself.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::io::Read;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::thread::{self, ThreadId};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Either, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tower_affinity::blocking::{self, BodyReader};
+use tower_affinity::{ThreadAffinityBody, ThreadAffinityLayer, WorkerId};
+use tower_service::Service;
+
+const REQUESTS: u64 = 20_000;
+const CLIENTS: u64 = 64;
+const TIME_LIMIT: Duration = Duration::from_secs(240);
+/// Resident memory may grow by at most this much over the soak: queues and
+/// buffers are bounded, so growth beyond allocator slack means a leak.
+const RSS_SLACK: u64 = 96 * 1024 * 1024;
+
+/// Objects the inner service created and dropped, and whether each drop
+/// happened on the thread that created it.
+#[derive(Default)]
+struct Ledger {
+    services_made: AtomicU64,
+    services_dropped: AtomicU64,
+    bodies_made: AtomicU64,
+    bodies_dropped: AtomicU64,
+    wrong_thread_drops: AtomicU64,
+    panics: AtomicU64,
+}
+
+/// What a request asks for, derived from its index so that client and
+/// server agree without talking.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Quick,
+    Stream,
+    PanicBeforeHead,
+    PanicMidStream,
+    /// A stream the client drops after its first frame.
+    Dropped,
+    /// A stream read slowly.
+    Slow,
+}
+
+fn kind(i: u64) -> Kind {
+    match mix(i) % 100 {
+        0 if i % 2 == 0 => Kind::PanicBeforeHead,
+        0 => Kind::PanicMidStream,
+        1..=5 => Kind::Dropped,
+        6..=10 => Kind::Slow,
+        11..=30 => Kind::Stream,
+        _ => Kind::Quick,
+    }
+}
+
+fn mix(i: u64) -> u64 {
+    let mut x = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The request body for request `i`: 0 to 32 KiB.
+fn upload(i: u64) -> Vec<u8> {
+    let len = (mix(i ^ 0xabc) % (32 * 1024)) as usize;
+    (0..len).map(|k| (i as usize + k * 13) as u8).collect()
+}
+
+/// The response for request `i` with upload checksum `sum`: chunk `j` of
+/// `chunks(i)`.
+fn chunk(i: u64, sum: u64, j: u64) -> Bytes {
+    let len = 1 + (mix(i * 31 + j) % 8192) as usize;
+    let fill = (i ^ sum ^ j) as u8;
+    let mut bytes = vec![fill; len];
+    bytes[..8.min(len)].copy_from_slice(&i.to_le_bytes()[..8.min(len)]);
+    Bytes::from(bytes)
+}
+
+fn chunks(i: u64) -> u64 {
+    match kind(i) {
+        Kind::Quick => 1,
+        _ => 2 + mix(i * 7) % 16,
+    }
+}
+
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0u64, |s, &b| s.wrapping_mul(31).wrapping_add(u64::from(b)))
+}
+
+/// The response body: counted at birth and death, its drop checked to be on
+/// its birth thread. Not `Send`, on purpose.
+struct TrackedBody {
+    i: u64,
+    sum: u64,
+    next: u64,
+    born: ThreadId,
+    ledger: Arc<Ledger>,
+    _not_send: std::marker::PhantomData<Cell<()>>,
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let (i, j) = (self.i, self.next);
+        if j == chunks(i) {
+            return Poll::Ready(None);
+        }
+        if kind(i) == Kind::PanicMidStream && j == 1 {
+            self.ledger.panics.fetch_add(1, SeqCst);
+            panic!("chaos: panic mid-stream in request {i}");
+        }
+        self.next += 1;
+        Poll::Ready(Some(Ok(Frame::data(chunk(i, self.sum, j)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.next == chunks(self.i)
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        self.ledger.bodies_dropped.fetch_add(1, SeqCst);
+        if thread::current().id() != self.born {
+            self.ledger.wrong_thread_drops.fetch_add(1, SeqCst);
+        }
+    }
+}
+
+/// One worker's instance of the application; counted like the bodies.
+struct App {
+    born: ThreadId,
+    ledger: Arc<Ledger>,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.ledger.services_dropped.fetch_add(1, SeqCst);
+        if thread::current().id() != self.born {
+            self.ledger.wrong_thread_drops.fetch_add(1, SeqCst);
+        }
+    }
+}
+
+impl App {
+    fn handle(&self, request: Request<Incoming>) -> Response<Either<TrackedBody, Empty<Bytes>>> {
+        let i: u64 = request.uri().path()[1..].parse().unwrap();
+        let mut upload = Vec::new();
+        let read = BodyReader::new(request.into_body()).read_to_end(&mut upload);
+        if read.is_err() {
+            // The client went away mid-upload.
+            let mut response = Response::new(Either::Right(Empty::new()));
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            return response;
+        }
+        if kind(i) == Kind::PanicBeforeHead {
+            self.ledger.panics.fetch_add(1, SeqCst);
+            panic!("chaos: panic before the head in request {i}");
+        }
+        self.ledger.bodies_made.fetch_add(1, SeqCst);
+        Response::new(Either::Left(TrackedBody {
+            i,
+            sum: checksum(&upload),
+            next: 0,
+            born: thread::current().id(),
+            ledger: self.ledger.clone(),
+            _not_send: std::marker::PhantomData,
+        }))
+    }
+}
+
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// What happened to one request, seen from the client.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outcome {
+    Exact,
+    InternalError,
+    BodyError,
+    DroppedByClient,
+}
+
+/// Under chaos, every request gets exactly one outcome, the right one for
+/// its kind; every completed response is byte-exact; no worker is lost; and
+/// every body and service instance is dropped, on the thread that made it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_soak() {
+    tokio::time::timeout(TIME_LIMIT, soak())
+        .await
+        .expect("soak hung");
+}
+
+async fn soak() {
+    // Silence the expected panics' messages; keep anything else.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let chaos = info
+            .payload()
+            .downcast_ref::<String>()
+            .is_some_and(|m| m.starts_with("chaos:"));
+        if !chaos {
+            default_hook(info);
+        }
+    }));
+
+    let ledger = Arc::new(Ledger::default());
+    let layer = ThreadAffinityLayer::builder()
+        .workers(2)
+        .max_streams_per_worker(16)
+        .body_buffer(2)
+        .queue_capacity(64)
+        .thread_name("chaos")
+        .build();
+    let made = ledger.clone();
+    let service = layer.service_with(move |_: WorkerId| {
+        made.services_made.fetch_add(1, SeqCst);
+        let app = App {
+            born: thread::current().id(),
+            ledger: made.clone(),
+        };
+        blocking::service_fn(move |request| app.handle(request))
+    });
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let server = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        let mut stopped_accepting = stopped.clone();
+        loop {
+            let stream = tokio::select! {
+                _ = stopped_accepting.changed() => break,
+                accept = listener.accept() => accept.unwrap().0,
+            };
+            connections.spawn(serve_connection(stream, service.clone(), stopped.clone()));
+        }
+        while connections.join_next().await.is_some() {}
+    });
+
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    // Warm up, then take the baseline.
+    for i in 0..200 {
+        run_one(&client, addr, REQUESTS + i * 100).await;
+    }
+    let rss_start = rss();
+
+    let outcomes = Arc::new(Mutex::new(vec![None; REQUESTS as usize]));
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..CLIENTS {
+        let (client, outcomes) = (client.clone(), outcomes.clone());
+        clients.spawn(async move {
+            for i in (c..REQUESTS).step_by(CLIENTS as usize) {
+                let outcome = run_one(&client, addr, i).await;
+                let previous = outcomes.lock().unwrap()[i as usize].replace(outcome);
+                assert_eq!(previous, None, "request {i} had two outcomes");
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.unwrap();
+    }
+    let rss_end = rss();
+
+    drop(client);
+    stop.send(true).unwrap();
+    server.await.unwrap();
+    let stats = layer.stats();
+    layer.shutdown().await;
+    drop(layer);
+
+    // Exactly one outcome per request, the right one for its kind.
+    let outcomes = outcomes.lock().unwrap();
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let expected = match kind(i as u64) {
+            Kind::Quick | Kind::Stream | Kind::Slow => Outcome::Exact,
+            Kind::PanicBeforeHead => Outcome::InternalError,
+            Kind::PanicMidStream => Outcome::BodyError,
+            Kind::Dropped => Outcome::DroppedByClient,
+        };
+        assert_eq!(
+            *outcome,
+            Some(expected),
+            "request {i} ({:?})",
+            kind(i as u64)
+        );
+    }
+
+    // No worker lost; every panic counted by the worker that caught it.
+    assert_eq!(stats.workers().len(), 2);
+    let panicked: u64 = stats.workers().iter().map(|w| w.panicked()).sum();
+    assert_eq!(panicked, ledger.panics.load(SeqCst));
+    assert!(
+        stats.workers().iter().all(|w| w.replaced() == 0),
+        "{stats:?}"
+    );
+    assert!(stats.workers().iter().all(|w| w.active() == 0), "{stats:?}");
+
+    // Everything made was dropped, on its own thread.
+    assert_eq!(ledger.services_made.load(SeqCst), 2);
+    assert_eq!(ledger.services_dropped.load(SeqCst), 2);
+    assert_eq!(
+        ledger.bodies_made.load(SeqCst),
+        ledger.bodies_dropped.load(SeqCst)
+    );
+    assert_eq!(ledger.wrong_thread_drops.load(SeqCst), 0);
+
+    assert!(
+        rss_end <= rss_start + RSS_SLACK,
+        "resident memory grew from {rss_start} to {rss_end} bytes"
+    );
+}
+
+/// Sends request `i` and reads its answer as its kind says.
+async fn run_one(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    addr: std::net::SocketAddr,
+    i: u64,
+) -> Outcome {
+    let body = upload(i);
+    let sum = checksum(&body);
+    let request = Request::post(format!("http://{addr}/{i}"))
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = match client.request(request).await {
+        Ok(response) => response,
+        // Over HTTP/1 a body that fails right after its first frame may abort
+        // the connection before hyper has flushed the head.
+        Err(e) if kind(i) == Kind::PanicMidStream && !e.is_connect() => return Outcome::BodyError,
+        Err(e) => panic!("request {i} ({:?}): {e:?}", kind(i)),
+    };
+    if response.status() == StatusCode::INTERNAL_SERVER_ERROR {
+        return Outcome::InternalError;
+    }
+    assert_eq!(response.status(), StatusCode::OK, "request {i}");
+    let mut body = pin!(response.into_body());
+    let mut j = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Outcome::BodyError;
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        // Frames may be split or merged in transit: compare byte by byte.
+        let mut data = data;
+        while !data.is_empty() {
+            let expected = chunk(i, sum, j);
+            let n = expected.len().min(data.len());
+            assert_eq!(
+                data.split_to(n),
+                expected.slice(..n),
+                "request {i} chunk {j}"
+            );
+            if n < expected.len() {
+                // The rest of this chunk comes in the next frame.
+                let rest = expected.slice(n..);
+                let next = body.frame().await.expect("truncated").expect("body error");
+                let next = next.into_data().unwrap();
+                assert_eq!(next.slice(..rest.len()), rest, "request {i} chunk {j}");
+                data = next.slice(rest.len()..);
+            }
+            j += 1;
+        }
+        match kind(i) {
+            Kind::Dropped => return Outcome::DroppedByClient,
+            Kind::Slow => tokio::time::sleep(Duration::from_millis(1)).await,
+            _ => {}
+        }
+    }
+    assert_eq!(j, chunks(i), "request {i} ended early");
+    Outcome::Exact
+}
+
+/// Serves one connection until it closes or the server stops.
+async fn serve_connection<S>(stream: TcpStream, service: S, mut stopped: watch::Receiver<bool>)
+where
+    S: Service<Request<Incoming>, Response = Response<ThreadAffinityBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut connection =
+        pin!(builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)));
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = stopped.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
