@@ -83,6 +83,18 @@
 //!
 //! Requests are taken from one shared queue by whichever worker has room,
 //! so an idle worker picks up the next request while a busy one finishes.
+//! With an [affinity key](Builder::affinity_key), a request goes instead to
+//! its key's worker, through that worker's own queue, in order.
+//!
+//! # Per-thread state
+//!
+//! [`ThreadAffinityLayer::layer`](tower_layer::Layer::layer) wraps a
+//! `Clone + Send` service: each worker clones it once, on first use.
+//! [`ThreadAffinityLayer::service_with`] takes a factory instead, called on
+//! each worker thread, for services that are not `Send`: a database
+//! connection, an `Rc<RefCell<_>>` cache, an FFI handle. The worker's
+//! [`WorkerId`] is passed to the factory and put in each request's
+//! extensions.
 //!
 //! # Choosing buffer sizes
 //!
@@ -97,7 +109,20 @@
 //! - [`body_buffer`](Builder::body_buffer): frames waiting per response.
 //!   Memory per stalled stream is about `body_buffer` × the chunk size.
 //! - [`queue_capacity`](Builder::queue_capacity): requests waiting for a
-//!   worker; past it, requests get `503 Service Unavailable`.
+//!   worker; past it, `poll_ready` waits (or requests get `503`, under
+//!   [`Overload::Reject`]).
+//!
+//! # Overload
+//!
+//! `poll_ready` reserves a place in the queue, as tower's `Buffer` does, so
+//! `LoadShed`, `ConcurrencyLimit` and hyper's backpressure compose with the
+//! layer. [`queue_timeout`](Builder::queue_timeout) answers `503` to a
+//! request that waited too long, and
+//! [`response_deadline`](Builder::response_deadline) ends streams that run
+//! too long. [`ThreadAffinityLayer::stats`] shows each worker's queue,
+//! load, and how long its current poll has run. Slow uploads can be read
+//! before dispatch with [`prebuffer::PrebufferLayer`], so that they do not
+//! hold a worker.
 //!
 //! # Cancellation
 //!
@@ -122,6 +147,16 @@
 //! The threads stop when the last layer and service handle is dropped:
 //! requests still queued get `503`, requests already running finish, then
 //! each worker drops its service instances and exits.
+//! [`ThreadAffinityLayer::shutdown`] drains gracefully instead (queued
+//! requests are served), and
+//! [`shutdown_timeout`](ThreadAffinityLayer::shutdown_timeout) cuts what
+//! is left after a deadline.
+//!
+//! # Feature flags
+//!
+//! - `tracing`: spans and events at each request's state changes
+//!   (enqueued, started, head sent, ended, cancelled, panicked), in the
+//!   caller's span carried to the worker. Off by default.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
