@@ -157,6 +157,10 @@
 //! - `tracing`: spans and events at each request's state changes
 //!   (enqueued, started, head sent, ended, cancelled, panicked), in the
 //!   caller's span carried to the worker. Off by default.
+//! - `tonic`: [`ThreadAffinity`] forwards tonic's `NamedService`, so a
+//!   wrapped gRPC service mounts with `Server::builder().add_service(..)`.
+//!   Off by default (without it, wrap the whole server with
+//!   `Server::builder().layer(layer)`).
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -176,6 +180,8 @@ mod pool;
 pub mod prebuffer;
 mod service;
 pub mod stats;
+#[cfg(feature = "tonic")]
+mod tonic;
 mod trace;
 mod worker_id;
 

@@ -241,8 +241,9 @@ where
 }
 
 /// `ThreadAffinity<S>` under the gRPC name of `S`, so that tonic's router
-/// can mount it with `add_service`. The layer does not depend on tonic, so
-/// it cannot forward `NamedService` itself.
+/// can mount it with `add_service`; the crate's `tonic` feature does this
+/// (see `wrapped_service_keeps_its_grpc_name`), and without it a wrapper
+/// like this one does.
 struct OnWorkers<S>(ThreadAffinity<S>);
 
 impl<S> Clone for OnWorkers<S> {
@@ -570,6 +571,19 @@ async fn layer_on_whole_server() {
     assert_eq!(next(&mut stream).await.unwrap().unwrap().value, 0);
     assert_eq!(next(&mut stream).await.unwrap().unwrap().value, 1);
     assert!(next(&mut stream).await.unwrap().is_none());
+}
+
+/// With the `tonic` feature, a wrapped service mounts by its own gRPC name:
+/// `add_service(layer.layer(svc))`, no wrapper.
+#[cfg(feature = "tonic")]
+#[tokio::test]
+async fn wrapped_service_keeps_its_grpc_name() {
+    let (dropped, _drops) = mpsc::unbounded_channel();
+    let router = Server::builder().add_service(layer().layer(Catalog { dropped }));
+    let addr = spawn(|incoming| router.serve_with_incoming(incoming)).await;
+    let mut client = CatalogClient::connect(addr).await;
+    let item = client.get(get("answer")).await.expect("Get").into_inner();
+    assert_on_worker(&item.worker);
 }
 
 /// The `grpc_server` example serves, answers its own client over loopback
