@@ -97,7 +97,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
 /// Each route is a clone of one `ThreadAffinity`, and clones share the
 /// workers' instances: every route on a worker uses that worker's one
 /// `Worker`, built there on first use.
-fn app(layer: &ThreadAffinityLayer) -> Router {
+pub fn app(layer: &ThreadAffinityLayer) -> Router {
     let svc = blocking_app(layer);
     Router::new()
         .route_service("/", svc.clone())
@@ -344,13 +344,13 @@ fn csv_field(value: &str) -> std::borrow::Cow<'_, str> {
 // The database
 // ---------------------------------------------------------------------------
 
-fn db_path() -> PathBuf {
+pub fn db_path() -> PathBuf {
     std::env::temp_dir().join("tower-affinity-example.sqlite3")
 }
 
 /// Creates the table and fills it, once: a database that already holds
 /// `ROWS` orders is left as it is.
-fn seed(path: &Path) -> rusqlite::Result<()> {
+pub fn seed(path: &Path) -> rusqlite::Result<()> {
     let mut db = Connection::open(path)?;
     db.execute_batch(
         "CREATE TABLE IF NOT EXISTS orders (
