@@ -55,6 +55,8 @@ use tokio::sync::mpsc;
 use tower::ServiceBuilder;
 use tower_affinity::blocking::{self, BodyReader, IterBody, LengthLimitError};
 use tower_affinity::{BoxError, ThreadAffinityLayer, WorkerId};
+use tower_http::compression::CompressionLayer;
+use tower_http::trace::TraceLayer;
 use tower_layer::Layer;
 
 /// The worker threads are named `{THREAD_PREFIX}-{index}`.
@@ -123,9 +125,13 @@ pub fn app(layer: &ThreadAffinityLayer, state: AppState, timeout: Duration) -> R
         .merge(legacy)
         .merge(upload)
         // Outside everything: `Router::layer` wraps each route, here the
-        // ones already wrapped by the affinity layer too.
+        // ones already wrapped by the affinity layer too. tower-http's
+        // layers see only `ThreadAffinityBody` and run on the runtime:
+        // compression reads the worker's frames as they stream.
         .layer(
             ServiceBuilder::new()
+                .layer(TraceLayer::new_for_http())
+                .layer(CompressionLayer::new())
                 .layer(HandleErrorLayer::new(timed_out))
                 .timeout(timeout),
         )

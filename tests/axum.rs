@@ -276,6 +276,49 @@ async fn route_service_streams_a_blocking_report() {
     .await;
 }
 
+/// tower-http's `CompressionLayer` outside the affinity layer gzips a
+/// streamed blocking response: the client gets `content-encoding: gzip`
+/// and, once inflated, every row in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compression_outside_gzips_a_streamed_report() {
+    bounded(async {
+        let layer = layer(2);
+        let (state, _audit) = AppState::new();
+        let server = Server::start(app(&layer, state, NO_TIMEOUT)).await;
+        let client = client();
+
+        const ROWS: u64 = 2000;
+        let request = Request::get(server.url(&format!("/report?rows={ROWS}")))
+            .header(header::ACCEPT_ENCODING, "gzip")
+            .body(Empty::new().map_err(|e| match e {}).boxed())
+            .unwrap();
+        let response = within("the gzipped report", client.request(request))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::CONTENT_ENCODING], "gzip");
+        let gzipped = read_all(response).await;
+        let mut inflated = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(&gzipped[..]),
+            &mut inflated,
+        )
+        .unwrap();
+        let want: String = std::iter::once("row,square\n".to_owned())
+            .chain((1..=ROWS).map(|row| format!("{row},{}\n", row * row)))
+            .collect();
+        assert!(
+            inflated == want,
+            "inflated report of {} bytes differs",
+            inflated.len()
+        );
+
+        drop(client);
+        server.shutdown().await;
+    })
+    .await;
+}
+
 /// An axum handler on a route wrapped with `route_layer` reads a
 /// multi-MiB upload with blocking `BodyReader` calls on a worker thread, and
 /// gets every byte; an upload declared longer than its limit is answered
