@@ -46,8 +46,25 @@
 //! # }
 //! ```
 //!
-//! With axum, put it on a router or a route: `Router::new().route_service("/", layer.layer(svc))`
-//! or `.layer(layer)`. Every application of the layer shares its threads.
+//! # With axum, tonic and tower
+//!
+//! - `Router::new().route_service("/path", layer.layer(svc))` runs one
+//!   blocking service (a [`blocking::service_fn`], say) on the workers.
+//! - `router.layer(layer)` runs every route of `router` on the workers,
+//!   its fallback included. Its handlers are still `async fn`s to axum, but
+//!   may block freely: they run on a worker thread. Extractors, `State`, and
+//!   `Extension<WorkerId>` work as usual. `route_layer` does the same for
+//!   the routes it follows only. Routes outside stay on the runtime.
+//! - With tonic, `Server::builder().layer(layer)` runs every gRPC service
+//!   on the workers; with the `tonic` feature,
+//!   `add_service(layer.layer(svc))` runs one.
+//! - Every application of the layer shares its threads.
+//! - tower's `Timeout` and `ConcurrencyLimit` outside the layer see the
+//!   response future, not the body: a timeout that fires cancels the
+//!   request (its future is dropped on its worker), and a concurrency
+//!   permit is released when the head arrives. To bound streams, use
+//!   [`response_deadline`](Builder::response_deadline) and
+//!   [`max_streams_per_worker`](Builder::max_streams_per_worker).
 //!
 //! # Threading model
 //!
