@@ -1,1 +1,378 @@
-fn main(){}
+//! Dispatch: a trivial blocking handler behind the whole `Service`, against
+//! the ways users run blocking handlers today, measured in one process run.
+//!
+//! 64 concurrent callers on a 2-thread tokio runtime; every variant runs the
+//! same handler (`format!("hello {n}")` into a `Response<String>`) and the
+//! caller collects the body with `BodyExt::collect`:
+//!
+//! - `inline`: the handler called on the runtime thread (the ceiling);
+//! - `spawn_blocking`: `tokio::task::spawn_blocking` per request;
+//! - `local_pool`: `tokio_util::task::LocalPoolHandle::new(2).spawn_pinned`;
+//! - `naive_pool`: 2 std threads fed round-robin through `std::sync::mpsc`,
+//!   answering through a tokio oneshot;
+//! - `tower_affinity`: `ThreadAffinityLayer` with 2 workers: `ready`, `call`,
+//!   await the head, collect the body.
+//!
+//! Each variant runs `DISPATCH_WARMUP_SECS` (default 0.5) unmeasured, then
+//! `DISPATCH_SECS` (default 2) measured; the whole set runs
+//! `DISPATCH_ROUNDS` times (default 3), interleaved, and each variant
+//! reports its round with the most calls/s (noise from other processes only
+//! ever slows a run). `DISPATCH_ONLY=name,name` runs a subset.
+//!
+//! `inline` never reaches a pending await, so each runtime thread runs one
+//! caller at a time: it measures the handler and `collect`, nothing else.
+//!
+//! Run with `cargo bench --bench dispatch`.
+
+use std::future::Future;
+use std::hint::black_box;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use tokio::sync::oneshot;
+use tokio_util::task::LocalPoolHandle;
+use tower::{Service, ServiceExt};
+use tower_affinity::{blocking, ThreadAffinityLayer};
+use tower_layer::Layer;
+
+const CALLERS: usize = 64;
+const THREADS: usize = 2;
+
+/// The handler every variant runs.
+fn handler(request: Request<u64>) -> Response<String> {
+    Response::new(format!("hello {}", request.body()))
+}
+
+/// Collects a response body into one `Bytes`.
+async fn collect<B>(response: Response<B>) -> Bytes
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+}
+
+fn env_or<T: FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The result of one measured run.
+#[derive(Clone, Copy)]
+struct Stats {
+    calls_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+    calls: usize,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> Duration {
+    let i = ((sorted.len() - 1) as f64 * p / 100.0).round() as usize;
+    Duration::from_nanos(sorted[i])
+}
+
+/// Runs `CALLERS` callers of `call` for `duration` and measures every call.
+async fn drive<F, Fut>(call: Arc<F>, duration: Duration) -> Stats
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Bytes> + Send + 'static,
+{
+    let start = Instant::now();
+    let deadline = start + duration;
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|caller| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(1 << 16);
+                let mut n = caller as u64;
+                let mut t0 = Instant::now();
+                while t0 < deadline {
+                    black_box(call(n).await);
+                    let t1 = Instant::now();
+                    latencies.push((t1 - t0).as_nanos() as u64);
+                    t0 = t1;
+                    n += CALLERS as u64;
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for caller in callers {
+        all.extend(caller.await.expect("caller task"));
+    }
+    let elapsed = start.elapsed();
+    all.sort_unstable();
+    Stats {
+        calls_per_sec: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&all, 50.0),
+        p99: percentile(&all, 99.0),
+        calls: all.len(),
+    }
+}
+
+/// Checks the variant's answer once, warms it up, then measures it.
+async fn measure<F, Fut>(call: F, warmup: Duration, duration: Duration) -> Stats
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Bytes> + Send + 'static,
+{
+    let call = Arc::new(call);
+    assert_eq!(call(42).await, "hello 42");
+    drive(call.clone(), warmup).await;
+    drive(call, duration).await
+}
+
+/// A request for the naive pool, with where to answer it.
+type NaiveJob = (Request<u64>, oneshot::Sender<Response<String>>);
+
+/// Two std threads, each owning a `std::sync::mpsc` receiver, fed round-robin.
+struct NaivePool {
+    senders: Vec<mpsc::Sender<NaiveJob>>,
+    next: AtomicUsize,
+}
+
+impl NaivePool {
+    fn new(threads: usize) -> Self {
+        let senders = (0..threads)
+            .map(|i| {
+                let (tx, rx) = mpsc::channel::<NaiveJob>();
+                thread::Builder::new()
+                    .name(format!("naive-{i}"))
+                    .spawn(move || {
+                        for (request, reply) in rx {
+                            let _ = reply.send(handler(request));
+                        }
+                    })
+                    .expect("spawn");
+                tx
+            })
+            .collect();
+        Self {
+            senders,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn call(&self, request: Request<u64>) -> oneshot::Receiver<Response<String>> {
+        let (tx, rx) = oneshot::channel();
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
+        self.senders[i].send((request, tx)).expect("naive worker");
+        rx
+    }
+}
+
+const VARIANTS: [&str; 5] = [
+    "inline",
+    "spawn_blocking",
+    "local_pool",
+    "naive_pool",
+    "tower_affinity",
+];
+
+async fn run_variant(name: &str, warmup: Duration, duration: Duration) -> Stats {
+    match name {
+        "inline" => {
+            measure(
+                |n| async move { collect(handler(Request::new(n))).await },
+                warmup,
+                duration,
+            )
+            .await
+        }
+        "spawn_blocking" => {
+            measure(
+                |n| async move {
+                    let response = tokio::task::spawn_blocking(move || handler(Request::new(n)))
+                        .await
+                        .expect("spawn_blocking");
+                    collect(response).await
+                },
+                warmup,
+                duration,
+            )
+            .await
+        }
+        "local_pool" => {
+            let pool = LocalPoolHandle::new(THREADS);
+            measure(
+                move |n| {
+                    let response =
+                        pool.spawn_pinned(move || async move { handler(Request::new(n)) });
+                    async move { collect(response.await.expect("spawn_pinned")).await }
+                },
+                warmup,
+                duration,
+            )
+            .await
+        }
+        "naive_pool" => {
+            let pool = NaivePool::new(THREADS);
+            measure(
+                move |n| {
+                    let response = pool.call(Request::new(n));
+                    async move { collect(response.await.expect("naive reply")).await }
+                },
+                warmup,
+                duration,
+            )
+            .await
+        }
+        "tower_affinity" => {
+            let layer = ThreadAffinityLayer::builder().workers(THREADS).build();
+            let svc = layer.layer(blocking::service_fn(handler));
+            drop(layer);
+            measure(
+                move |n| {
+                    let mut svc = svc.clone();
+                    async move {
+                        let svc = svc.ready().await.expect("ready");
+                        let response = svc.call(Request::new(n)).await.expect("call");
+                        collect(response).await
+                    }
+                },
+                warmup,
+                duration,
+            )
+            .await
+        }
+        other => unreachable!("unknown variant {other}"),
+    }
+}
+
+/// Ends the process if a variant runs far past its time: a hung transfer
+/// should fail the bench, not stall it. Dropping the guard disarms it.
+struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
+
+impl Watchdog {
+    fn arm(what: String, limit: Duration) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!("{what}: no result after {limit:?}, giving up (hung?)");
+                std::process::exit(2);
+            }
+        });
+        Self(Some(tx))
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Closing the channel wakes the watchdog thread, which then exits.
+        self.0.take();
+    }
+}
+
+/// The system's load averages, to judge how noisy a run was.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn main() {
+    let rounds: usize = env_or("DISPATCH_ROUNDS", 3).max(1);
+    let duration = Duration::from_secs_f64(env_or("DISPATCH_SECS", 2.0));
+    let warmup = Duration::from_secs_f64(env_or("DISPATCH_WARMUP_SECS", 0.5));
+    // DISPATCH_ONLY=name,name runs a subset (for profiling).
+    let only: Option<Vec<String>> = std::env::var("DISPATCH_ONLY")
+        .ok()
+        .map(|v| v.split(',').map(str::to_owned).collect());
+    let variants: Vec<&str> = VARIANTS
+        .into_iter()
+        .filter(|name| {
+            only.as_ref()
+                .is_none_or(|only| only.iter().any(|o| o == name))
+        })
+        .collect();
+    assert!(!variants.is_empty(), "DISPATCH_ONLY names no variant");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(THREADS)
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    println!(
+        "dispatch: {CALLERS} callers, {THREADS}-thread tokio runtime, {THREADS} workers/threads per pool, \
+         {rounds} round(s) of {:.1}s (+{:.1}s warmup) per variant",
+        duration.as_secs_f64(),
+        warmup.as_secs_f64()
+    );
+    println!(
+        "machine: {} cpus, shared with other jobs (expect noise); load average at start: {}",
+        thread::available_parallelism().map_or(0, usize::from),
+        loadavg()
+    );
+    println!();
+    println!(
+        "{:<6} {:<16} {:>12} {:>10} {:>10} {:>10}",
+        "round", "variant", "calls/s", "p50 µs", "p99 µs", "calls"
+    );
+
+    let mut best: Vec<Option<Stats>> = vec![None; variants.len()];
+    for round in 1..=rounds {
+        for (i, name) in variants.iter().enumerate() {
+            let watchdog = Watchdog::arm(
+                format!("round {round} {name}"),
+                warmup + duration + Duration::from_secs(60),
+            );
+            let stats = runtime.block_on(run_variant(name, warmup, duration));
+            drop(watchdog);
+            println!(
+                "{:<6} {:<16} {:>12.0} {:>10.1} {:>10.1} {:>10}",
+                round,
+                name,
+                stats.calls_per_sec,
+                stats.p50.as_secs_f64() * 1e6,
+                stats.p99.as_secs_f64() * 1e6,
+                stats.calls
+            );
+            if best[i].is_none_or(|b| stats.calls_per_sec > b.calls_per_sec) {
+                best[i] = Some(stats);
+            }
+        }
+    }
+    println!("load average at end: {}", loadavg());
+
+    let best: Vec<Stats> = best.into_iter().map(|s| s.expect("ran")).collect();
+    let Some(ours) = variants
+        .iter()
+        .position(|name| *name == "tower_affinity")
+        .map(|i| best[i])
+    else {
+        return;
+    };
+    println!();
+    println!("best round per variant (most calls/s), and tower_affinity / variant:");
+    println!(
+        "{:<16} {:>12} {:>10} {:>10} {:>12} {:>10} {:>10}",
+        "variant", "calls/s", "p50 µs", "p99 µs", "calls/s ×", "p50 ×", "p99 ×"
+    );
+    for (name, stats) in variants.iter().zip(&best) {
+        println!(
+            "{:<16} {:>12.0} {:>10.1} {:>10.1} {:>12.2} {:>10.2} {:>10.2}",
+            name,
+            stats.calls_per_sec,
+            stats.p50.as_secs_f64() * 1e6,
+            stats.p99.as_secs_f64() * 1e6,
+            ours.calls_per_sec / stats.calls_per_sec,
+            ours.p50.as_secs_f64() / stats.p50.as_secs_f64(),
+            ours.p99.as_secs_f64() / stats.p99.as_secs_f64(),
+        );
+    }
+    println!("(calls/s ×: higher is better for tower_affinity; p50/p99 ×: lower is better)");
+}

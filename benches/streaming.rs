@@ -1,0 +1,308 @@
+//! Streaming: `STREAM_BYTES` (default 1 GiB) in 64 KiB `Bytes` chunks from a
+//! blocking iterator to an async reader, measured in one process run.
+//!
+//! Every chunk is a clone of one preallocated `Bytes` (a reference-count
+//! increment), so the figures measure the transport, not memory bandwidth.
+//! The reader runs on a 2-thread tokio runtime and checks that every chunk
+//! arrives uncopied (pointer-equal to the original).
+//!
+//! - `tower_affinity`: `ThreadAffinityLayer` (2 workers, `body_buffer` 8),
+//!   an `IterBody` over the chunks, read with `BodyExt::frame`;
+//! - `spawn_blocking+mpsc`: the iterator in `spawn_blocking`, feeding a
+//!   bounded tokio mpsc channel of 8 with `blocking_send`;
+//! - `local_pool+mpsc`: the iterator in
+//!   `LocalPoolHandle::new(2).spawn_pinned`, feeding a bounded tokio mpsc
+//!   channel of 8 with `send().await`.
+//!
+//! Each variant is warmed up with a 64 MiB transfer, then measured
+//! `STREAM_ROUNDS` times (default 15), interleaved (a 1 GiB transfer takes
+//! only tens of milliseconds, and single runs are bimodal: whether the
+//! reader's and the producer's threads park between chunks decides much of
+//! it); the best and the median round are reported.
+//!
+//! Run with `cargo bench --bench streaming`.
+
+use std::convert::Infallible;
+use std::str::FromStr;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+use tokio_util::task::LocalPoolHandle;
+use tower::{Service, ServiceExt};
+use tower_affinity::{blocking, ThreadAffinityLayer};
+use tower_layer::Layer;
+
+const CHUNK: usize = 64 * 1024;
+const BUFFER: usize = 8;
+const THREADS: usize = 2;
+const GIB: f64 = (1u64 << 30) as f64;
+
+fn env_or<T: FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The blocking iterator every variant drains: `n` clones of `chunk`.
+fn chunks(chunk: &Bytes, n: usize) -> impl Iterator<Item = Bytes> + Send + 'static {
+    std::iter::repeat_n(chunk.clone(), n)
+}
+
+/// What the reader saw.
+struct Received {
+    bytes: u64,
+    copied: u64,
+}
+
+impl Received {
+    fn new() -> Self {
+        Self {
+            bytes: 0,
+            copied: 0,
+        }
+    }
+
+    fn take(&mut self, data: &Bytes, original: &Bytes) {
+        self.bytes += data.len() as u64;
+        if data.as_ptr() != original.as_ptr() {
+            self.copied += 1;
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Ours,
+    SpawnBlocking,
+    LocalPool,
+}
+
+impl Variant {
+    const ALL: [Variant; 3] = [Variant::Ours, Variant::SpawnBlocking, Variant::LocalPool];
+
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Ours => "tower_affinity",
+            Variant::SpawnBlocking => "spawn_blocking+mpsc",
+            Variant::LocalPool => "local_pool+mpsc",
+        }
+    }
+}
+
+/// The setups that live for the whole run (pools are started once).
+struct Setup {
+    chunk: Bytes,
+    layer: ThreadAffinityLayer,
+    local_pool: LocalPoolHandle,
+}
+
+/// Moves `n` chunks through `variant`; returns what arrived and how long it took.
+async fn transfer(setup: &Setup, variant: Variant, n: usize) -> (Received, Duration) {
+    let original = setup.chunk.clone();
+    let mut received = Received::new();
+    let start = Instant::now();
+    match variant {
+        Variant::Ours => {
+            let chunk = setup.chunk.clone();
+            let mut svc = setup
+                .layer
+                .layer(blocking::service_fn(move |_: Request<()>| {
+                    Response::new(blocking::IterBody::new(
+                        chunks(&chunk, n).map(Ok::<_, Infallible>),
+                    ))
+                }));
+            let response = svc
+                .ready()
+                .await
+                .expect("ready")
+                .call(Request::new(()))
+                .await
+                .expect("call");
+            let mut body = response.into_body();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.expect("frame");
+                if let Some(data) = frame.data_ref() {
+                    received.take(data, &original);
+                }
+            }
+        }
+        Variant::SpawnBlocking => {
+            let (tx, mut rx) = mpsc::channel(BUFFER);
+            let iter = chunks(&setup.chunk, n);
+            let producer = tokio::task::spawn_blocking(move || {
+                for chunk in iter {
+                    if tx.blocking_send(chunk).is_err() {
+                        break;
+                    }
+                }
+            });
+            while let Some(data) = rx.recv().await {
+                received.take(&data, &original);
+            }
+            producer.await.expect("producer");
+        }
+        Variant::LocalPool => {
+            let (tx, mut rx) = mpsc::channel(BUFFER);
+            let iter = chunks(&setup.chunk, n);
+            let producer = setup.local_pool.spawn_pinned(move || async move {
+                for chunk in iter {
+                    if tx.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            while let Some(data) = rx.recv().await {
+                received.take(&data, &original);
+            }
+            producer.await.expect("producer");
+        }
+    }
+    (received, start.elapsed())
+}
+
+/// Ends the process if a variant runs far past its time: a hung transfer
+/// should fail the bench, not stall it. Dropping the guard disarms it.
+struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
+
+impl Watchdog {
+    fn arm(what: String, limit: Duration) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!("{what}: no result after {limit:?}, giving up (hung?)");
+                std::process::exit(2);
+            }
+        });
+        Self(Some(tx))
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Closing the channel wakes the watchdog thread, which then exits.
+        self.0.take();
+    }
+}
+
+/// The system's load averages, to judge how noisy a run was.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn main() {
+    let total: u64 = env_or("STREAM_BYTES", 1u64 << 30);
+    let rounds: usize = env_or("STREAM_ROUNDS", 15).max(1);
+    let n = (total / CHUNK as u64).max(1) as usize;
+    let bytes = (n * CHUNK) as u64;
+    let warmup_n = (64 << 20) / CHUNK;
+    // STREAM_ONLY=name,name runs a subset (for profiling).
+    let only: Option<Vec<String>> = std::env::var("STREAM_ONLY")
+        .ok()
+        .map(|v| v.split(',').map(str::to_owned).collect());
+    let variants: Vec<Variant> = Variant::ALL
+        .into_iter()
+        .filter(|v| {
+            only.as_ref()
+                .is_none_or(|only| only.iter().any(|o| o == v.name()))
+        })
+        .collect();
+    assert!(!variants.is_empty(), "STREAM_ONLY names no variant");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(THREADS)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let setup = Setup {
+        chunk: Bytes::from(vec![0xa5u8; CHUNK]),
+        layer: ThreadAffinityLayer::builder()
+            .workers(THREADS)
+            .body_buffer(BUFFER)
+            .build(),
+        local_pool: LocalPoolHandle::new(THREADS),
+    };
+
+    println!(
+        "streaming: {:.3} GiB in {} chunks of {} KiB, buffer {BUFFER} chunks, \
+         {THREADS}-thread tokio runtime, {rounds} round(s) per variant",
+        bytes as f64 / GIB,
+        n,
+        CHUNK / 1024
+    );
+    println!(
+        "machine: {} cpus, shared with other jobs (expect noise); load average at start: {}",
+        thread::available_parallelism().map_or(0, usize::from),
+        loadavg()
+    );
+    println!();
+
+    let watchdog = Watchdog::arm("warmup".into(), Duration::from_secs(60));
+    runtime.block_on(async {
+        for &variant in &variants {
+            let (received, _) = transfer(&setup, variant, warmup_n).await;
+            assert_eq!(received.bytes, (warmup_n * CHUNK) as u64);
+        }
+    });
+    drop(watchdog);
+
+    println!("GiB/s per round (copied chunks in brackets: must be 0):");
+    print!("{:<6}", "round");
+    for variant in &variants {
+        print!(" {:>24}", variant.name());
+    }
+    println!();
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for round in 1..=rounds {
+        print!("{round:<6}");
+        for (i, &variant) in variants.iter().enumerate() {
+            let watchdog = Watchdog::arm(
+                format!("round {round} {}", variant.name()),
+                Duration::from_secs(60),
+            );
+            let (received, elapsed) = runtime.block_on(transfer(&setup, variant, n));
+            drop(watchdog);
+            assert_eq!(received.bytes, bytes, "{} lost data", variant.name());
+            let rate = bytes as f64 / GIB / elapsed.as_secs_f64();
+            print!(" {:>20.2} [{}]", rate, received.copied);
+            rates[i].push(rate);
+        }
+        println!();
+    }
+
+    println!("load average at end: {}", loadavg());
+    for rates in &mut rates {
+        rates.sort_by(f64::total_cmp);
+    }
+    let best: Vec<f64> = rates.iter().map(|r| r[r.len() - 1]).collect();
+    let median: Vec<f64> = rates.iter().map(|r| r[r.len() / 2]).collect();
+    // Ratios against tower_affinity, when it ran.
+    let ours = variants.iter().position(|&v| v == Variant::Ours);
+    let chunks_per_sec = |gib_per_sec: f64| gib_per_sec * GIB / CHUNK as f64;
+    println!();
+    println!("per variant over {rounds} rounds, and tower_affinity / variant:");
+    println!(
+        "{:<20} {:>10} {:>12} {:>10} {:>12} {:>10} {:>10}",
+        "variant", "best GiB/s", "chunks/s", "median", "chunks/s", "best ×", "median ×"
+    );
+    for (i, variant) in variants.iter().enumerate() {
+        let ratio = |of: &[f64]| ours.map_or(f64::NAN, |o| of[o] / of[i]);
+        println!(
+            "{:<20} {:>10.2} {:>12.0} {:>10.2} {:>12.0} {:>10.2} {:>10.2}",
+            variant.name(),
+            best[i],
+            chunks_per_sec(best[i]),
+            median[i],
+            chunks_per_sec(median[i]),
+            ratio(&best),
+            ratio(&median),
+        );
+    }
+    println!("(×: higher is better for tower_affinity)");
+}
