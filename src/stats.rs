@@ -131,6 +131,13 @@ pub(crate) struct WorkerCounters {
     busy_since: AtomicU64,
 }
 
+impl WorkerCounters {
+    /// Whether the worker is inside a poll of user code now.
+    pub(crate) fn is_polling(&self) -> bool {
+        self.busy_since.load(Relaxed) != 0
+    }
+}
+
 impl Counters {
     pub(crate) fn new(workers: usize) -> Self {
         Self {

@@ -348,3 +348,54 @@ async fn unkeyed_requests_go_to_the_worker_with_room() {
     );
     assert!(quick.iter().all(|w| *w == quick[0]));
 }
+
+/// A worker that blocks in a later poll of a request (after waiting on
+/// something first, so its event loop was already waiting for work) does
+/// not keep new requests from the idle worker: they all complete there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_blocked_after_waiting_does_not_hold_new_work() {
+    let layer = ThreadAffinityLayer::new(2);
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let go_rx = Arc::new(Mutex::new(Some(go_rx)));
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Arc::new(Mutex::new(release_rx));
+    let (blocked_tx, mut blocked_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (called_tx, mut called_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let svc = layer.layer(tower::service_fn(move |req: Request<()>| {
+        let worker = req.extensions().get::<WorkerId>().unwrap().index();
+        let slow = req.uri().path() == "/slow";
+        let go = slow.then(|| go_rx.lock().unwrap().take().unwrap());
+        if slow {
+            called_tx.send(()).unwrap();
+        }
+        let (release, blocked) = (release_rx.clone(), blocked_tx.clone());
+        async move {
+            if let Some(go) = go {
+                // Pending first: the task is spawned and the worker's event
+                // loop goes back to waiting for work...
+                go.await.unwrap();
+                // ...then the handler blocks the worker thread.
+                blocked.send(()).unwrap();
+                release.lock().unwrap().recv().unwrap();
+            }
+            Ok::<_, Infallible>(Response::new(worker.to_string()))
+        }
+    }));
+    let slow = tokio::spawn(svc.clone().oneshot(Request::get("/slow").body(()).unwrap()));
+    // Only once the future is pending on its worker.
+    called_rx.recv().await.unwrap();
+    go_tx.send(()).unwrap();
+    blocked_rx.recv().await.unwrap();
+
+    let mut quick = Vec::new();
+    for _ in 0..10 {
+        quick.push(send(&mut svc.clone(), Request::new(())).await.1);
+    }
+    release_tx.send(()).unwrap();
+    let slow = slow.await.unwrap().unwrap();
+    let slow_worker = slow.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        quick.iter().all(|w| w.as_bytes() != slow_worker),
+        "{quick:?}"
+    );
+}

@@ -83,9 +83,8 @@ where
             // whose cooperative budget only resets when the task yields, and
             // a blocking read never yields. Without it, a tokio-fed body
             // returns `Pending` forever after 128 frames.
-            let next = tokio::task::unconstrained(std::future::poll_fn(|cx| {
-                body.as_mut().poll_frame(cx)
-            }));
+            let next =
+                tokio::task::unconstrained(std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)));
             match block_on(next) {
                 None => self.done = true,
                 Some(Err(e)) => {

@@ -101,7 +101,9 @@ impl<R: Read> Body for ReaderBody<R> {
         // exactly that much but does not signal its end (a socket) must not
         // block the worker on one more read.
         let want = match this.remaining {
-            Some(remaining) => this.chunk_size.min(remaining.try_into().unwrap_or(usize::MAX)),
+            Some(remaining) => this
+                .chunk_size
+                .min(remaining.try_into().unwrap_or(usize::MAX)),
             None => this.chunk_size,
         };
         let chunk = match Self::read_chunk(&mut reader, want) {

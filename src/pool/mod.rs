@@ -18,6 +18,7 @@
 //! policy), it travels with the job, and it is released when a worker takes
 //! the job off its queue.
 
+mod idle;
 mod lifecycle;
 mod task;
 mod unwind;
@@ -37,6 +38,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub(crate) use self::task::Call;
 pub(crate) use self::worker::{Active, WorkerState};
 
+use self::idle::Idle;
 use self::lifecycle::Lifecycle;
 use crate::error::Failure;
 use crate::stats::{Counters, Stats};
@@ -112,6 +114,7 @@ pub(crate) struct Core {
     pub(crate) config: Config,
     pub(crate) counters: Counters,
     pub(crate) lifecycle: Lifecycle,
+    pub(crate) idle: Idle,
     /// Tells this pool's worker threads from another pool's.
     pub(crate) id: u64,
 }
@@ -147,6 +150,7 @@ impl Pool {
         let core = Arc::new(Core {
             counters: Counters::new(config.workers),
             lifecycle: Lifecycle::new(config.workers),
+            idle: Idle::new(config.workers),
             id: POOLS.fetch_add(1, Ordering::Relaxed),
             config,
         });
@@ -239,6 +243,11 @@ impl Pool {
         match queue.try_send(envelope) {
             Ok(()) => {
                 counters.admitted.fetch_add(1, Ordering::Relaxed);
+                let idle = &self.inner.core.idle;
+                match worker {
+                    Some(index) => idle.wake(index),
+                    None => idle.wake_any(|index| counters.worker(index).is_polling()),
+                }
                 Ok(())
             }
             Err(error) => {
@@ -265,11 +274,7 @@ impl Pool {
         let lifecycle = &self.inner.core.lifecycle;
         lifecycle.drain();
         // Callers waiting in `poll_ready` wake up and get 503 from `call`.
-        self.inner.admission.close();
-        self.inner.shared.close();
-        for queue in &self.inner.own {
-            queue.close();
-        }
+        self.inner.close();
         match deadline {
             None => lifecycle.all_exited().await,
             Some(deadline) => {
@@ -282,6 +287,25 @@ impl Pool {
                 }
             }
         }
+    }
+}
+
+impl Inner {
+    /// Closes the queues and wakes the waiting workers to see it.
+    fn close(&self) {
+        // Callers waiting in `poll_ready` wake up and get 503 from `call`.
+        self.admission.close();
+        self.shared.close();
+        for queue in &self.own {
+            queue.close();
+        }
+        self.core.idle.wake_all();
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

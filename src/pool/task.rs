@@ -86,14 +86,15 @@ where
             body_buffer: config.body_buffer,
             deadline: config.response_deadline,
         };
-        let service = guard(|| worker.instance(shared.id(), || shared.make(worker.id())));
         span.in_scope(|| trace::debug!(worker = worker.id().index(), "started"));
-        Box::pin(span.instrument(async move {
-            match service {
-                Ok(service) => serve(service, request, reply, limits, active).await,
-                Err(_) => answer_panic(reply, &active),
-            }
-        }))
+        let made = guard(|| worker.instance(shared.id(), || shared.make(worker.id())));
+        let Ok(service) = made else {
+            answer_panic(reply, &active);
+            // A zero-sized future: boxing it allocates nothing.
+            return Box::pin(std::future::ready(()));
+        };
+        let task = span.instrument(serve(service, request, reply, limits, active));
+        Box::pin(task)
     }
 
     fn reject(self: Box<Self>, failure: Failure) {
@@ -109,10 +110,13 @@ struct Limits {
     deadline: Option<Duration>,
 }
 
+/// Serves one request, in three steps. Each step is its own future and
+/// takes its input by value, so that the task's state holds one step's
+/// values at a time: the task is boxed per request, and small is cheap.
 async fn serve<S, B, ResBody>(
     service: Rc<RefCell<S>>,
     request: Request<B>,
-    mut reply: oneshot::Sender<Reply<S::Error>>,
+    reply: oneshot::Sender<Reply<S::Error>>,
     limits: Limits,
     active: Active,
 ) where
@@ -121,6 +125,26 @@ async fn serve<S, B, ResBody>(
     ResBody::Error: Into<BoxError>,
 {
     let deadline = limits.deadline.map(|deadline| Instant::now() + deadline);
+    let Some((future, reply)) = call(service, request, reply, &active).await else {
+        return;
+    };
+    let Some((response, reply)) = respond(future, reply, &active).await else {
+        return;
+    };
+    send_head(response, reply, limits.body_buffer, deadline, active).await;
+}
+
+/// Waits for the service to be ready and calls it; `None` if the request
+/// was answered (error, panic) or cancelled meanwhile.
+async fn call<S, B>(
+    service: Rc<RefCell<S>>,
+    request: Request<B>,
+    mut reply: oneshot::Sender<Reply<S::Error>>,
+    active: &Active,
+) -> Option<(S::Future, oneshot::Sender<Reply<S::Error>>)>
+where
+    S: Service<Request<B>>,
+{
     // Readiness and call happen in one poll: no other task on this thread
     // can run in between and use up the readiness this one saw.
     let mut request = Some(request);
@@ -145,17 +169,25 @@ async fn serve<S, B, ResBody>(
         }
     })
     .await;
-    drop(service);
-    let future = match called {
-        None => return trace::debug!("cancelled"),
-        Some(Err(_)) => return answer_panic(reply, &active),
-        Some(Ok(Err(error))) => {
-            let _ = reply.send(Err(error));
-            return;
-        }
-        Some(Ok(Ok(future))) => future,
-    };
+    match called {
+        None => trace::debug!("cancelled"),
+        Some(Err(_)) => answer_panic(reply, active),
+        Some(Ok(Err(error))) => answer(reply, Err(error)),
+        Some(Ok(Ok(future))) => return Some((future, reply)),
+    }
+    None
+}
 
+/// Polls the service's future to its response; `None` if the request was
+/// answered (error, panic) or cancelled meanwhile.
+async fn respond<F, T, E>(
+    future: F,
+    mut reply: oneshot::Sender<Reply<E>>,
+    active: &Active,
+) -> Option<(T, oneshot::Sender<Reply<E>>)>
+where
+    F: Future<Output = Result<T, E>>,
+{
     let mut future = pin!(Guarded::new(future));
     let response = poll_fn(|cx| {
         if reply.poll_closed(cx).is_ready() {
@@ -164,23 +196,33 @@ async fn serve<S, B, ResBody>(
         future.as_mut().poll_future(cx).map(Some)
     })
     .await;
-    let response = match response {
-        None => return trace::debug!("cancelled"),
-        Some(Err(_)) => return answer_panic(reply, &active),
-        Some(Ok(Err(error))) => {
-            let _ = reply.send(Err(error));
-            return;
-        }
-        Some(Ok(Ok(response))) => response,
-    };
+    match response {
+        None => trace::debug!("cancelled"),
+        Some(Err(_)) => answer_panic(reply, active),
+        Some(Ok(Err(error))) => answer(reply, Err(error)),
+        Some(Ok(Ok(response))) => return Some((response, reply)),
+    }
+    None
+}
 
+/// Sends the head: with the whole body when it is ready in one frame (the
+/// common case, no channel), else with a channel the rest streams through.
+async fn send_head<B, E>(
+    response: Response<B>,
+    reply: oneshot::Sender<Reply<E>>,
+    body_buffer: usize,
+    deadline: Option<Instant>,
+    active: Active,
+) where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
     let (parts, body) = response.into_parts();
-    let mut body = pin!(Guarded::new(body));
+    // Boxed: a streamed body moves on into its own future below.
+    let mut body = Box::pin(Guarded::new(body));
     let Ok(hint) = body.size_hint() else {
         return answer_panic(reply, &active);
     };
-    // Try the body inline: most responses are one frame, ready at once, and
-    // go back with the head in one message, without a channel.
     let first = match body.is_end_stream() {
         Err(_) => return answer_panic(reply, &active),
         Ok(true) => Poll::Ready(Ok(None)),
@@ -195,8 +237,7 @@ async fn serve<S, B, ResBody>(
                 "head sent"
             );
             let body = ThreadAffinityBody::ready(Some(Ok(frame)), hint);
-            let _ = reply.send(Ok(Response::from_parts(parts, body)));
-            return;
+            return answer(reply, Ok(Response::from_parts(parts, body)));
         }
         Poll::Ready(Ok(item @ (None | Some(Err(_))))) => {
             trace::debug!(
@@ -205,15 +246,14 @@ async fn serve<S, B, ResBody>(
                 "head sent"
             );
             let body = ThreadAffinityBody::ready(item, hint);
-            let _ = reply.send(Ok(Response::from_parts(parts, body)));
-            return;
+            return answer(reply, Ok(Response::from_parts(parts, body)));
         }
         Poll::Ready(Ok(Some(Ok(frame)))) => Some(frame),
         Poll::Pending => None,
     };
 
     // A streamed response: the head goes now, the frames follow.
-    let (tx, stream) = ThreadAffinityBody::channel(limits.body_buffer, hint);
+    let (tx, stream) = ThreadAffinityBody::channel(body_buffer, hint);
     if let Some(frame) = first {
         // The channel is new and has room for at least one message.
         let _ = tx.try_send(Msg::Frame(frame));
@@ -222,6 +262,24 @@ async fn serve<S, B, ResBody>(
     if reply.send(Ok(Response::from_parts(parts, stream))).is_err() {
         return trace::debug!("cancelled");
     }
+    // Boxed, so that only streamed responses pay for the pump's state.
+    Box::pin(stream_body(body, tx, deadline, active)).await;
+}
+
+/// Streams the rest of a body, then records how it ended.
+async fn stream_body<B>(
+    mut body: Pin<Box<Guarded<B>>>,
+    tx: FrameSender,
+    deadline: Option<Instant>,
+    active: Active,
+) where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    // Yield once before producing more: the head and first frame are out,
+    // and the worker's event loop and other streams get their turn before
+    // this one fills its buffer.
+    tokio::task::yield_now().await;
     match pump(body.as_mut(), &tx, deadline).await {
         Pumped::Done => trace::debug!("ended"),
         Pumped::Cancelled => trace::debug!("cancelled"),
@@ -233,7 +291,7 @@ async fn serve<S, B, ResBody>(
             trace::debug!("deadline elapsed");
             // Drop the inner body now, on this thread, and make room for
             // other requests; then tell the reader, once it makes room.
-            body.clear();
+            body.as_mut().clear();
             drop(active);
             if let Ok(permit) = tx.reserve().await {
                 permit.send(Msg::Error(Elapsed::new().into()));
@@ -242,11 +300,16 @@ async fn serve<S, B, ResBody>(
     }
 }
 
+/// Sends the reply; a caller that went away no longer wants it.
+fn answer<E>(reply: oneshot::Sender<Reply<E>>, with: Reply<E>) {
+    let _ = reply.send(with);
+}
+
 /// Answers with a 500 for a panic, and counts it.
 fn answer_panic<E>(reply: oneshot::Sender<Reply<E>>, active: &Active) {
     trace::warning!("panicked");
     active.panicked();
-    let _ = reply.send(Ok(Failure::Panicked.response()));
+    answer(reply, Ok(Failure::Panicked.response()));
 }
 
 /// How a pump ended.

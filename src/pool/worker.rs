@@ -107,12 +107,18 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) {
     }
 }
 
+/// How many jobs the event loop admits in a row before it yields, so that
+/// the tasks already running (streams waiting to produce) get their turn
+/// while a burst of requests arrives.
+const ADMIT_PER_TURN: usize = 16;
+
 /// The event loop: admit jobs while there is room, then drain on shutdown.
 async fn serve(queues: &Queues, state: &WorkerState) {
     let max = state.core.config.max_streams_per_worker;
+    let mut admitted = 0usize;
     loop {
         state.load.below(max).await;
-        let Some(envelope) = next_job(queues).await else {
+        let Some(envelope) = next_job(queues, state).await else {
             break;
         };
         if queues.shared.is_closed() && !state.core.lifecycle.phase().serves_queued() {
@@ -121,6 +127,11 @@ async fn serve(queues: &Queues, state: &WorkerState) {
             continue;
         }
         state.start(envelope);
+        admitted += 1;
+        if admitted % ADMIT_PER_TURN == 0 {
+            // The local tasks only run while this loop is pending.
+            tokio::task::yield_now().await;
+        }
     }
     // Let the requests already started finish before the services go.
     state.load.below(1).await;
@@ -128,36 +139,35 @@ async fn serve(queues: &Queues, state: &WorkerState) {
 
 /// The next job, from this worker's own queue first (keyed requests keep
 /// their order), else from the shared one; `None` once both are closed and
-/// empty.
-async fn next_job(queues: &Queues) -> Option<Envelope> {
-    if let Ok(envelope) = queues.own.try_recv() {
-        return Some(envelope);
-    }
-    let mut own = pin!(queues.own.recv());
-    let mut shared = pin!(queues.shared.recv());
-    // Both queues close together, when the pool shuts down.
-    let (mut own_open, mut shared_open) = (true, true);
+/// empty. While there is none, the worker waits in the pool's idle list,
+/// where a new job's submitter finds it (see `idle`).
+async fn next_job(queues: &Queues, state: &WorkerState) -> Option<Envelope> {
+    let idle = &state.core.idle;
+    let index = state.id.index();
     poll_fn(|cx| {
-        // A receive future that lost the race is dropped with its listener,
-        // which hands a notification it got on to another worker.
-        if own_open {
-            match own.as_mut().poll(cx) {
-                Poll::Ready(Ok(envelope)) => return Poll::Ready(Some(envelope)),
-                Poll::Ready(Err(_)) => own_open = false,
-                Poll::Pending => {}
+        let mut registered = false;
+        loop {
+            match queues.own.try_recv().or_else(|_| queues.shared.try_recv()) {
+                Ok(envelope) => {
+                    if registered {
+                        idle.found(index);
+                    }
+                    return Poll::Ready(Some(envelope));
+                }
+                Err(_) if queues.own.is_closed() && queues.shared.is_closed() => {
+                    // Closed; only empty once both are drained.
+                    if queues.own.is_empty() && queues.shared.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                }
+                Err(_) if registered => return Poll::Pending,
+                // Register, then look once more: a job queued in between
+                // found no one waiting.
+                Err(_) => {
+                    idle.wait(index, cx.waker());
+                    registered = true;
+                }
             }
-        }
-        if shared_open {
-            match shared.as_mut().poll(cx) {
-                Poll::Ready(Ok(envelope)) => return Poll::Ready(Some(envelope)),
-                Poll::Ready(Err(_)) => shared_open = false,
-                Poll::Pending => {}
-            }
-        }
-        if own_open || shared_open {
-            Poll::Pending
-        } else {
-            Poll::Ready(None)
         }
     })
     .await
