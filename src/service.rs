@@ -154,6 +154,11 @@ where
     /// [`Overload::Wait`]: crate::Overload::Wait
     /// [`Overload::Reject`]: crate::Overload::Reject
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // A worker waiting for a place that only it could free would wait
+        // forever: let `call` answer it instead.
+        if self.pool.config().workers == 1 && self.is_calling_thread(None) {
+            return Poll::Ready(Ok(()));
+        }
         if self.permit.is_none() && self.pool.config().overload == Overload::Wait {
             // `None` means the pool shut down: `call` will say so.
             self.permit = ready!(self.admission.poll_acquire(cx));
@@ -162,6 +167,8 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // Taken first: a refused call must give its place back.
+        let permit = self.permit.take();
         let pool = &self.pool;
         let (request, worker) = pool.route(request);
         if self.is_calling_thread(worker) {
@@ -171,7 +178,7 @@ where
         let job = Box::new(Call::new(self.shared.clone(), request, tx));
         // Without a reservation (the reject policy, or a caller that skipped
         // `poll_ready`), `submit` tries to take a place at once.
-        match pool.submit(job, self.permit.take(), worker) {
+        match pool.submit(job, permit, worker) {
             Ok(()) => {
                 trace::debug!(?worker, "enqueued");
                 ResponseFuture::waiting(rx)
