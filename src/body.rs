@@ -14,11 +14,10 @@ use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::channel::{self, Receiver, Sender};
+use crate::error::{BoxError, WorkerGone};
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::mpsc;
-
-use crate::error::{BoxError, WorkerGone};
 
 /// One item on a response's channel, from the worker to the body.
 pub(crate) enum Msg {
@@ -31,7 +30,7 @@ pub(crate) enum Msg {
 }
 
 /// The sending half kept by the worker.
-pub(crate) type FrameSender = mpsc::Sender<Msg>;
+pub(crate) type FrameSender = Sender<Msg>;
 
 /// The body of every response from [`ThreadAffinity`](crate::ThreadAffinity).
 ///
@@ -53,10 +52,7 @@ enum Kind {
     /// Everything the inner body produced, already here: zero or one item.
     Ready(Option<Result<Frame<Bytes>, BoxError>>),
     /// Frames still being produced on the worker.
-    Streaming {
-        rx: mpsc::Receiver<Msg>,
-        ended: bool,
-    },
+    Streaming { rx: Receiver<Msg>, ended: bool },
 }
 
 impl ThreadAffinityBody {
@@ -77,7 +73,7 @@ impl ThreadAffinityBody {
 
     /// A streamed body, fed by the worker through a channel of `capacity`.
     pub(crate) fn channel(capacity: usize, hint: SizeHint) -> (FrameSender, Self) {
-        let (tx, rx) = mpsc::channel(capacity);
+        let (tx, rx) = channel::channel(capacity);
         let body = Self {
             kind: Kind::Streaming { rx, ended: false },
             hint,

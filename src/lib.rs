@@ -190,6 +190,7 @@
 pub mod blocking;
 mod body;
 mod builder;
+mod channel;
 pub mod error;
 pub mod future;
 mod layer;

@@ -256,7 +256,7 @@ async fn send_head<B, E>(
     let (tx, stream) = ThreadAffinityBody::channel(body_buffer, hint);
     if let Some(frame) = first {
         // The channel is new and has room for at least one message.
-        let _ = tx.try_send(Msg::Frame(frame));
+        tx.send(Msg::Frame(frame));
     }
     trace::debug!(status = parts.status.as_u16(), streamed = true, "head sent");
     if reply.send(Ok(Response::from_parts(parts, stream))).is_err() {
@@ -293,8 +293,8 @@ async fn stream_body<B>(
             // other requests; then tell the reader, once it makes room.
             body.as_mut().clear();
             drop(active);
-            if let Ok(permit) = tx.reserve().await {
-                permit.send(Msg::Error(Elapsed::new().into()));
+            if poll_fn(|cx| tx.poll_ready(cx)).await.is_ok() {
+                tx.send(Msg::Error(Elapsed::new().into()));
             }
         }
     }
@@ -335,7 +335,6 @@ where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    let mut closed = pin!(tx.closed());
     let mut elapsed = pin!(async {
         match deadline {
             Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -346,24 +345,19 @@ where
     loop {
         // Room first: a frame produced with nowhere to go would either block
         // the thread or grow memory.
-        let mut reserve = pin!(tx.reserve());
-        let permit = poll_fn(|cx| {
+        let ready = poll_fn(|cx| {
             if elapsed.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(Pumped::Elapsed));
             }
-            reserve
-                .as_mut()
-                .poll(cx)
-                .map(|permit| permit.map_err(|_| Pumped::Cancelled))
+            tx.poll_ready(cx).map_err(|_| Pumped::Cancelled)
         });
-        let permit = match permit.await {
-            Ok(permit) => permit,
-            Err(end) => return end,
-        };
+        if let Err(end) = ready.await {
+            return end;
+        }
         // Watch for the reader going away while the body is pending, not
         // only at the next send.
         let next = poll_fn(|cx| {
-            if closed.as_mut().poll(cx).is_ready() {
+            if tx.poll_closed(cx).is_ready() {
                 return Poll::Ready(Err(Pumped::Cancelled));
             }
             if elapsed.as_mut().poll(cx).is_ready() {
@@ -372,21 +366,16 @@ where
             body.as_mut().poll_frame(cx).map(Ok)
         })
         .await;
-        match next {
+        let (msg, end) = match next {
             Err(end) => return end,
-            Ok(Ok(Some(Ok(frame)))) => permit.send(Msg::Frame(frame)),
-            Ok(Ok(Some(Err(error)))) => {
-                permit.send(Msg::Error(error));
-                return Pumped::Done;
-            }
-            Ok(Ok(None)) => {
-                permit.send(Msg::End);
-                return Pumped::Done;
-            }
-            Ok(Err(panic)) => {
-                permit.send(Msg::Error(panic.into()));
-                return Pumped::Panicked;
-            }
+            Ok(Ok(Some(Ok(frame)))) => (Msg::Frame(frame), None),
+            Ok(Ok(Some(Err(error)))) => (Msg::Error(error), Some(Pumped::Done)),
+            Ok(Ok(None)) => (Msg::End, Some(Pumped::Done)),
+            Ok(Err(panic)) => (Msg::Error(panic.into()), Some(Pumped::Panicked)),
+        };
+        tx.send(msg);
+        if let Some(end) = end {
+            return end;
         }
         produced += 1;
         if produced % FRAMES_PER_TURN == 0 {
