@@ -18,11 +18,12 @@
 //!
 //! Variants, all with 2 workers/threads where the pool is fixed:
 //!
-//! - `tower_affinity/64`: `ThreadAffinityLayer`, default
-//!   `max_streams_per_worker` (64): 128 streams in flight, the rest (and the
-//!   fast requests behind them) queued;
 //! - `tower_affinity/N`: `max_streams_per_worker(N)`, N = `MAX_STREAMS`
-//!   (default 256), so one worker could admit every stream;
+//!   (default 256, the layer's default), so one worker could admit every
+//!   stream;
+//! - `tower_affinity/64`: `max_streams_per_worker(64)`: 128 streams in
+//!   flight, the rest (and the fast requests behind them) queued: what a
+//!   threshold below the number of slow clients costs;
 //! - `naive_pool`: 2 std threads sharing a `std::sync::mpsc` queue, each
 //!   running a request to completion (a stream is produced whole with
 //!   `blocking_send` into a bounded tokio channel before the next request);

@@ -36,7 +36,7 @@ pub enum Overload {
 /// | [`overload`](Self::overload) | [`Overload::Wait`]            | a full queue: wait in `poll_ready`, or `503`  |
 /// | [`queue_timeout`](Self::queue_timeout) | none                | longest wait in a queue before a `503`        |
 /// | [`response_deadline`](Self::response_deadline) | none        | longest time a streamed response may run      |
-/// | [`max_streams_per_worker`](Self::max_streams_per_worker) | 64 | requests one worker serves at once         |
+/// | [`max_streams_per_worker`](Self::max_streams_per_worker) | 256 | requests one worker serves at once        |
 /// | [`body_buffer`](Self::body_buffer) | 8                       | frames buffered per streamed response         |
 /// | [`thread_name`](Self::thread_name) | `"tower-affinity"`      | threads are named `{prefix}-{index}`          |
 #[derive(Debug, Clone)]
@@ -52,7 +52,7 @@ impl Builder {
             config: Config {
                 workers,
                 queue_capacity: 1024,
-                max_streams_per_worker: 64,
+                max_streams_per_worker: 256,
                 body_buffer: 8,
                 thread_name: String::from("tower-affinity"),
                 overload: Overload::Wait,
@@ -98,9 +98,12 @@ impl Builder {
     /// Interleaving is what keeps a slow client from tying up a thread: while
     /// one response waits for its reader, the worker produces frames for
     /// others. It also means that two requests' code alternates on one
-    /// thread, between frames. Legacy code that keeps per-request state in
-    /// thread-locals wants `1`: each request then has its worker to itself
-    /// until its response ends, and a slow reader holds that worker.
+    /// thread, between frames. The default, 256, lets a worker hold many
+    /// slow readers (each costs at most `body_buffer` frames of memory)
+    /// before new requests queue behind them. Legacy code that keeps
+    /// per-request state in thread-locals wants `1`: each request then has
+    /// its worker to itself until its response ends, and a slow reader
+    /// holds that worker.
     ///
     /// # Panics
     ///
