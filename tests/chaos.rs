@@ -20,14 +20,16 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
 use tower_affinity::blocking::{self, BodyReader};
-use tower_affinity::{ThreadAffinityBody, ThreadAffinityLayer, WorkerId};
-use tower_service::Service;
+use tower_affinity::{ThreadAffinityLayer, WorkerId};
+
+/// The server loop (HTTP/1.1 and HTTP/2, graceful shutdown) of the
+/// `hyper_server` example.
+#[allow(dead_code)]
+#[path = "../examples/hyper_server.rs"]
+mod hyper_server;
 
 const REQUESTS: u64 = 20_000;
 const CLIENTS: u64 = 64;
@@ -254,19 +256,10 @@ async fn soak() {
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = watch::channel(false);
-    let server = tokio::spawn(async move {
-        let mut connections = tokio::task::JoinSet::new();
-        let mut stopped_accepting = stopped.clone();
-        loop {
-            let stream = tokio::select! {
-                _ = stopped_accepting.changed() => break,
-                accept = listener.accept() => accept.unwrap().0,
-            };
-            connections.spawn(serve_connection(stream, service.clone(), stopped.clone()));
-        }
-        while connections.join_next().await.is_some() {}
-    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(hyper_server::serve(listener, service, async {
+        let _ = stopped.await;
+    }));
 
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     // Warm up, then take the baseline.
@@ -293,7 +286,7 @@ async fn soak() {
     let rss_end = rss();
 
     drop(client);
-    stop.send(true).unwrap();
+    stop.send(()).unwrap();
     server.await.unwrap();
     let stats = layer.stats();
     layer.shutdown().await;
@@ -400,25 +393,4 @@ async fn run_one(
     }
     assert_eq!(j, chunks(i), "request {i} ended early");
     Outcome::Exact
-}
-
-/// Serves one connection until it closes or the server stops.
-async fn serve_connection<S>(stream: TcpStream, service: S, mut stopped: watch::Receiver<bool>)
-where
-    S: Service<Request<Incoming>, Response = Response<ThreadAffinityBody>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let mut connection =
-        pin!(builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)));
-    tokio::select! {
-        _ = connection.as_mut() => {}
-        _ = stopped.changed() => {
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
-        }
-    }
 }
