@@ -92,7 +92,8 @@
 //! ready in one frame goes back with its head in one message, without a
 //! channel or a spawned task. A longer response streams through a bounded
 //! channel; while it waits for its reader, the worker serves its other
-//! requests. Tokio APIs (timers, channels) work inside handlers.
+//! requests. Tokio APIs (timers, channels, sockets) work inside handlers:
+//! each worker runs a runtime with its time and I/O drivers.
 //!
 //! A worker blocked in user code cannot be preempted: interleaving only
 //! happens between frames and between awaits. A handler that blocks for a

@@ -77,7 +77,7 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) {
         let _ = guard(|| hook(&id));
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        .enable_all()
         .build()
         .expect("tower-affinity: failed to build a worker runtime");
     let local = tokio::task::LocalSet::new();
