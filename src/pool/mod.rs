@@ -154,9 +154,16 @@ impl Pool {
             id: POOLS.fetch_add(1, Ordering::Relaxed),
             config,
         });
+        // A worker's own queue only ever holds keyed requests: without a key
+        // function it stays empty, and a bounded queue allocates its room
+        // up front (about 56 bytes a place).
+        let own_capacity = match core.config.affinity_key {
+            Some(_) => core.config.queue_capacity,
+            None => 1,
+        };
         let own = (0..core.config.workers)
             .map(|index| {
-                let (tx, rx) = async_channel::bounded(core.config.queue_capacity);
+                let (tx, rx) = async_channel::bounded(own_capacity);
                 let queues = Queues {
                     own: rx,
                     shared: shared_rx.clone(),
