@@ -112,6 +112,10 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) {
 /// while a burst of requests arrives.
 const ADMIT_PER_TURN: usize = 16;
 
+/// How many times an idle worker yields its CPU, looking for a job in
+/// between, before it waits to be woken.
+const SPINS_BEFORE_PARK: u32 = 8;
+
 /// The event loop: admit jobs while there is room, then drain on shutdown.
 async fn serve(queues: &Queues, state: &WorkerState) {
     let max = state.core.config.max_streams_per_worker;
@@ -146,6 +150,7 @@ async fn next_job(queues: &Queues, state: &WorkerState) -> Option<Envelope> {
     let index = state.id.index();
     poll_fn(|cx| {
         let mut registered = false;
+        let mut spins = 0;
         loop {
             match queues.own.try_recv().or_else(|_| queues.shared.try_recv()) {
                 Ok(envelope) => {
@@ -161,6 +166,13 @@ async fn next_job(queues: &Queues, state: &WorkerState) -> Option<Envelope> {
                     }
                 }
                 Err(_) if registered => return Poll::Pending,
+                // Under load the next job is often a moment away: give the
+                // CPU to the threads that make it before paying for a
+                // wake-up (a syscall on each side).
+                Err(_) if spins < SPINS_BEFORE_PARK => {
+                    spins += 1;
+                    thread::yield_now();
+                }
                 // Register, then look once more: a job queued in between
                 // found no one waiting.
                 Err(_) => {
