@@ -26,7 +26,6 @@
 
 use std::future::Future;
 use std::hint::black_box;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -40,6 +39,10 @@ use tokio_util::task::LocalPoolHandle;
 use tower::{Service, ServiceExt};
 use tower_affinity::{blocking, ThreadAffinityLayer};
 use tower_layer::Layer;
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{env_or, loadavg, Watchdog};
 
 const CALLERS: usize = 64;
 const THREADS: usize = 2;
@@ -61,13 +64,6 @@ where
         .await
         .expect("body")
         .to_bytes()
-}
-
-fn env_or<T: FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// The result of one measured run.
@@ -251,37 +247,6 @@ async fn run_variant(name: &str, warmup: Duration, duration: Duration) -> Stats 
         }
         other => unreachable!("unknown variant {other}"),
     }
-}
-
-/// Ends the process if a variant runs far past its time: a hung transfer
-/// should fail the bench, not stall it. Dropping the guard disarms it.
-struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
-
-impl Watchdog {
-    fn arm(what: String, limit: Duration) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        thread::spawn(move || {
-            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-                eprintln!("{what}: no result after {limit:?}, giving up (hung?)");
-                std::process::exit(2);
-            }
-        });
-        Self(Some(tx))
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        // Closing the channel wakes the watchdog thread, which then exits.
-        self.0.take();
-    }
-}
-
-/// The system's load averages, to judge how noisy a run was.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 fn main() {

@@ -49,7 +49,6 @@ use std::future::IntoFuture;
 use std::hint::black_box;
 use std::io;
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -68,6 +67,10 @@ use tokio::sync::{oneshot, Barrier};
 use tokio::task::JoinHandle;
 use tower_affinity::{blocking, ThreadAffinityLayer};
 use tower_layer::Layer;
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{env_or, loadavg, median, Watchdog};
 
 const WORKERS: usize = 2;
 const SERVER_THREADS: usize = 2;
@@ -89,13 +92,6 @@ fn blocking_hello(request: Request<axum::body::Body>) -> Response<String> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-fn env_or<T: FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 const VARIANTS: [&str; 4] = [
@@ -358,47 +354,6 @@ fn run_variant(
         }
     });
     stats
-}
-
-/// Ends the process if a variant runs far past its time: a hung transfer
-/// should fail the bench, not stall it. Dropping the guard disarms it.
-struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
-
-impl Watchdog {
-    fn arm(what: String, limit: Duration) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        thread::spawn(move || {
-            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-                eprintln!("{what}: no result after {limit:?}, giving up (hung?)");
-                std::process::exit(2);
-            }
-        });
-        Self(Some(tx))
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        // Closing the channel wakes the watchdog thread, which then exits.
-        self.0.take();
-    }
-}
-
-/// The system's load averages, to judge how noisy a run was.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }
 
 /// Each figure's median over the rounds, taken separately.

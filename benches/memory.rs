@@ -53,7 +53,6 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier, Condvar, Mutex};
 use std::thread;
@@ -68,12 +67,9 @@ use tower::{Service, ServiceExt};
 use tower_affinity::{blocking, ThreadAffinityLayer};
 use tower_layer::Layer;
 
-fn env_or<T: FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "support/mod.rs"]
+mod support;
+use support::{env_or, loadavg, median};
 
 /// The knobs, read the same way by the parent and every child.
 #[derive(Clone, Copy)]
@@ -726,28 +722,12 @@ fn bytes(b: f64) -> String {
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
 /// The median figures of one measurement over its rounds.
 struct Summary {
     vm: f64,
     vm_min: f64,
     vm_max: f64,
     exact: f64,
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 fn main() {

@@ -36,7 +36,6 @@
 //! Run with `cargo bench --bench slow_clients`.
 
 use std::convert::Infallible;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -51,15 +50,12 @@ use tower::{Service, ServiceExt};
 use tower_affinity::{blocking, ThreadAffinity, ThreadAffinityBody, ThreadAffinityLayer};
 use tower_layer::Layer;
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{env_or, loadavg};
+
 const WORKERS: usize = 2;
 const BUFFER: usize = 8;
-
-fn env_or<T: FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Clone, Copy)]
 struct Config {
@@ -472,13 +468,6 @@ fn ours(config: Config, max_streams: usize) -> Backend {
         layer.layer(blocking::service_fn(handler as Handler)),
         config,
     )
-}
-
-/// The system's load averages, to judge how noisy a run was.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 fn main() {

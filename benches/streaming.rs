@@ -23,7 +23,6 @@
 //! Run with `cargo bench --bench streaming`.
 
 use std::convert::Infallible;
-use std::str::FromStr;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -36,17 +35,14 @@ use tower::{Service, ServiceExt};
 use tower_affinity::{blocking, ThreadAffinityLayer};
 use tower_layer::Layer;
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{env_or, loadavg, Watchdog};
+
 const CHUNK: usize = 64 * 1024;
 const BUFFER: usize = 8;
 const THREADS: usize = 2;
 const GIB: f64 = (1u64 << 30) as f64;
-
-fn env_or<T: FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The blocking iterator every variant drains: `n` clones of `chunk`.
 fn chunks(chunk: &Bytes, n: usize) -> impl Iterator<Item = Bytes> + Send + 'static {
@@ -163,37 +159,6 @@ async fn transfer(setup: &Setup, variant: Variant, n: usize) -> (Received, Durat
         }
     }
     (received, start.elapsed())
-}
-
-/// Ends the process if a variant runs far past its time: a hung transfer
-/// should fail the bench, not stall it. Dropping the guard disarms it.
-struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
-
-impl Watchdog {
-    fn arm(what: String, limit: Duration) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        thread::spawn(move || {
-            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-                eprintln!("{what}: no result after {limit:?}, giving up (hung?)");
-                std::process::exit(2);
-            }
-        });
-        Self(Some(tx))
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        // Closing the channel wakes the watchdog thread, which then exits.
-        self.0.take();
-    }
-}
-
-/// The system's load averages, to judge how noisy a run was.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 fn main() {
