@@ -11,12 +11,15 @@
 //! goes to the shared queue. A worker takes jobs, its own queue first, only
 //! while it serves fewer than `max_streams_per_worker` requests, so an idle
 //! worker takes the next unkeyed request and a busy one leaves it to the
-//! others: the least-loaded worker with room serves it.
+//! others: the least-loaded worker with room serves it. A worker with
+//! nothing to do waits in the idle list (`idle`), where the submitter of
+//! the next job finds it and wakes it.
 //!
 //! Admission is counted by a semaphore of `queue_capacity` permits: a
 //! caller takes a permit in `poll_ready` (or `call`, under the reject
 //! policy), it travels with the job, and it is released when a worker takes
-//! the job off its queue.
+//! the job off its queue. Keyed jobs let theirs go: their worker's own
+//! queue bounds them.
 
 mod idle;
 mod lifecycle;
