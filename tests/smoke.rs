@@ -1,3 +1,6 @@
+//! The smallest end-to-end check: a blocking `IterBody` of 0, 1, 5 and 1,000
+//! chunks comes back whole, made on a worker thread.
+
 use std::convert::Infallible;
 use std::thread;
 
@@ -8,6 +11,8 @@ use tower::{Service, ServiceExt};
 use tower_affinity::{blocking, ThreadAffinityLayer};
 use tower_layer::Layer;
 
+/// Bodies of 0, 1, 5 and 1,000 chunks arrive byte-exact, and their head says
+/// a worker made them.
 #[tokio::test]
 async fn smoke() {
     let layer = ThreadAffinityLayer::builder()
