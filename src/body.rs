@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use crate::channel::{self, Receiver, Sender};
 use crate::error::{BoxError, WorkerGone};
 use bytes::{Buf, Bytes};
+use http::{header, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
 /// One item on a response's channel, from the worker to the body.
@@ -27,6 +28,22 @@ pub(crate) enum Msg {
     Error(BoxError),
     /// The inner body ended cleanly; nothing follows.
     End,
+}
+
+/// A frame of any body as it leaves for the caller: data as `Bytes`
+/// (without a copy when it already is `Bytes`), the error boxed.
+pub(crate) fn bytes_frame<D, E>(
+    frame: Option<Result<Frame<D>, E>>,
+) -> Option<Result<Frame<Bytes>, BoxError>>
+where
+    D: Buf,
+    E: Into<BoxError>,
+{
+    frame.map(|frame| {
+        frame
+            .map(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining())))
+            .map_err(Into::into)
+    })
 }
 
 /// The sending half kept by the worker.
@@ -69,6 +86,17 @@ impl ThreadAffinityBody {
         let hint = SizeHint::with_exact(data.len() as u64);
         let item = (!data.is_empty()).then(|| Ok(Frame::data(data)));
         Self::ready(item, hint)
+    }
+
+    /// A short `text/plain` response with `status`: the layer's own answers.
+    pub(crate) fn plain_text(status: StatusCode, text: impl Into<Bytes>) -> Response<Self> {
+        let mut response = Response::new(Self::full(text.into()));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
     }
 
     /// A streamed body, fed by the worker through a channel of `capacity`.

@@ -153,13 +153,9 @@ impl Failure {
 
     /// The plain-text response for this failure.
     pub(crate) fn response(self) -> Response<ThreadAffinityBody> {
-        let mut response = Response::new(ThreadAffinityBody::full(Bytes::from_static(
-            self.message().as_bytes(),
-        )));
-        *response.status_mut() = self.status();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
+        let mut response = ThreadAffinityBody::plain_text(
+            self.status(),
+            Bytes::from_static(self.message().as_bytes()),
         );
         if self == Failure::Overloaded {
             response

@@ -50,6 +50,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::body::bytes_frame;
 use crate::error::BoxError;
 use crate::ThreadAffinityBody;
 
@@ -162,16 +163,10 @@ where
     }
 }
 
-/// A plain-text answer with `status`.
+/// A plain-text answer with `status`, its reason phrase as the body.
 fn status(status: StatusCode) -> Response<ThreadAffinityBody> {
     let reason = status.canonical_reason().unwrap_or("error");
-    let mut response = Response::new(ThreadAffinityBody::full(Bytes::from(format!("{reason}\n"))));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+    ThreadAffinityBody::plain_text(status, format!("{reason}\n"))
 }
 
 pin_project! {
@@ -202,13 +197,7 @@ where
         }
         match this.rest.as_pin_mut() {
             None => Poll::Ready(None),
-            Some(rest) => rest.poll_frame(cx).map(|frame| {
-                frame.map(|frame| {
-                    frame
-                        .map(|frame| frame.map_data(|mut d| d.copy_to_bytes(d.remaining())))
-                        .map_err(Into::into)
-                })
-            }),
+            Some(rest) => rest.poll_frame(cx).map(bytes_frame),
         }
     }
 

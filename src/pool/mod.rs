@@ -112,6 +112,14 @@ pub(crate) struct Queues {
     shared: Receiver<Envelope>,
 }
 
+impl Queues {
+    /// The next job, from the worker's own queue first: keyed requests
+    /// keep their order.
+    fn try_recv(&self) -> Option<Envelope> {
+        self.own.try_recv().or_else(|_| self.shared.try_recv()).ok()
+    }
+}
+
 /// What the pool's handles and its worker threads share.
 pub(crate) struct Core {
     pub(crate) config: Config,

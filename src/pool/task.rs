@@ -99,7 +99,7 @@ where
 
     fn reject(self: Box<Self>, failure: Failure) {
         self.span.in_scope(|| trace::debug!(?failure, "rejected"));
-        let _ = self.reply.send(Ok(failure.response()));
+        answer(self.reply, Ok(failure.response()));
     }
 }
 

@@ -11,10 +11,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::body::bytes_frame;
 use crate::error::{BoxError, Panicked};
 
 /// Runs `f`, turning a panic into [`Panicked`].
@@ -100,11 +101,7 @@ where
         };
         match polled {
             Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(frame)) => Poll::Ready(Ok(frame.map(|frame| {
-                frame
-                    .map(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining())))
-                    .map_err(Into::into)
-            }))),
+            Ok(Poll::Ready(frame)) => Poll::Ready(Ok(bytes_frame(frame))),
             Err(panic) => {
                 self.clear();
                 Poll::Ready(Err(panic))

@@ -94,7 +94,7 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) {
         .await;
     });
     // Only after an abort can jobs be left in closed queues.
-    while let Ok(envelope) = queues.own.try_recv().or_else(|_| queues.shared.try_recv()) {
+    while let Some(envelope) = queues.try_recv() {
         state.reject(envelope, Failure::ShutDown);
     }
     // Tasks still in the set (none after a clean drain) are dropped here, on
@@ -152,30 +152,30 @@ async fn next_job(queues: &Queues, state: &WorkerState) -> Option<Envelope> {
         let mut registered = false;
         let mut spins = 0;
         loop {
-            match queues.own.try_recv().or_else(|_| queues.shared.try_recv()) {
-                Ok(envelope) => {
+            match queues.try_recv() {
+                Some(envelope) => {
                     if registered {
                         idle.found(index);
                     }
                     return Poll::Ready(Some(envelope));
                 }
-                Err(_) if queues.own.is_closed() && queues.shared.is_closed() => {
+                None if queues.own.is_closed() && queues.shared.is_closed() => {
                     // Closed; only empty once both are drained.
                     if queues.own.is_empty() && queues.shared.is_empty() {
                         return Poll::Ready(None);
                     }
                 }
-                Err(_) if registered => return Poll::Pending,
+                None if registered => return Poll::Pending,
                 // Under load the next job is often a moment away: give the
                 // CPU to the threads that make it before paying for a
                 // wake-up (a syscall on each side).
-                Err(_) if spins < SPINS_BEFORE_PARK => {
+                None if spins < SPINS_BEFORE_PARK => {
                     spins += 1;
                     thread::yield_now();
                 }
                 // Register, then look once more: a job queued in between
                 // found no one waiting.
-                Err(_) => {
+                None => {
                     idle.wait(index, cx.waker());
                     registered = true;
                 }
