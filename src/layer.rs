@@ -7,7 +7,7 @@ use tower_layer::Layer;
 
 use crate::pool::Pool;
 use crate::stats::Stats;
-use crate::{Builder, ThreadAffinity, WorkerId};
+use crate::{Builder, ShutdownReport, ThreadAffinity, WorkerId};
 
 /// Wraps services so that they run on a fixed pool of worker threads.
 ///
@@ -81,8 +81,12 @@ impl ThreadAffinityLayer {
     /// stop waiting: requests still queued get `503`, responses still
     /// streaming end with a body error, and their inner futures and bodies
     /// are dropped on their workers. Needs a Tokio runtime with time enabled.
-    pub async fn shutdown_timeout(&self, deadline: Duration) {
-        self.pool.shutdown(Some(deadline)).await;
+    ///
+    /// Returns within `deadline` plus about 100 ms even while workers are
+    /// stuck in blocking calls; the report names them. Their threads end by
+    /// themselves when those calls return.
+    pub async fn shutdown_timeout(&self, deadline: Duration) -> ShutdownReport {
+        self.pool.shutdown(Some(deadline)).await
     }
 
     /// Runs a service that `factory` builds on each worker thread, the first

@@ -197,7 +197,9 @@ pub mod future;
 mod layer;
 mod pool;
 pub mod prebuffer;
+mod reply;
 mod service;
+mod shutdown;
 pub mod stats;
 #[cfg(feature = "tonic")]
 mod tonic;
@@ -209,4 +211,5 @@ pub use self::builder::{Builder, Overload};
 pub use self::error::BoxError;
 pub use self::layer::ThreadAffinityLayer;
 pub use self::service::ThreadAffinity;
+pub use self::shutdown::ShutdownReport;
 pub use self::worker_id::WorkerId;

@@ -6,13 +6,14 @@ use std::task::{ready, Context, Poll};
 
 use http::{Request, Response};
 use http_body::Body;
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 
 use crate::error::{BoxError, Failure};
-use crate::future::ResponseFuture;
-use crate::pool::{Call, Pool};
+use crate::future::{QueueTimeout, ResponseFuture};
+use crate::pool::{Call, Core, Pool};
+use crate::reply;
 use crate::trace;
 use crate::{Overload, ThreadAffinityBody, WorkerId};
 
@@ -56,6 +57,16 @@ type Factory<S> = Box<dyn Fn(WorkerId) -> S + Send + Sync>;
 pub(crate) struct Shared<S> {
     id: u64,
     factory: Factory<S>,
+    // Told when the last handle and queued job are gone, so that each
+    // worker drops its instance. Not the pool itself: that would keep its
+    // queues open.
+    core: Arc<Core>,
+}
+
+impl<S> Drop for Shared<S> {
+    fn drop(&mut self) {
+        self.core.retire_service();
+    }
 }
 
 impl<S> Shared<S> {
@@ -97,6 +108,7 @@ impl<S> ThreadAffinity<S> {
             shared: Arc::new(Shared {
                 id: pool.next_service_id(),
                 factory: Box::new(factory),
+                core: pool.core().clone(),
             }),
             pool,
         }
@@ -174,14 +186,14 @@ where
         if self.is_calling_thread(worker) {
             return ResponseFuture::failed(Failure::WouldDeadlock);
         }
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = reply::slot();
         let job = Box::new(Call::new(self.shared.clone(), request, tx));
         // Without a reservation (the reject policy, or a caller that skipped
         // `poll_ready`), `submit` tries to take a place at once.
         match pool.submit(job, permit, worker) {
             Ok(()) => {
                 trace::debug!(?worker, "enqueued");
-                ResponseFuture::waiting(rx)
+                ResponseFuture::waiting(rx, QueueTimeout::start(pool.core()))
             }
             Err(failure) => {
                 trace::debug!(?failure, "rejected");

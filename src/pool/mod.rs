@@ -45,6 +45,8 @@ use self::idle::Idle;
 use self::lifecycle::Lifecycle;
 use crate::error::Failure;
 use crate::stats::{Counters, Stats};
+use crate::trace;
+use crate::ShutdownReport;
 use crate::{Overload, WorkerId};
 
 /// Maps a request's head to a key hash, with the pool's seed.
@@ -91,6 +93,12 @@ pub(crate) trait Job: Send + 'static {
     /// Builds the task that serves the request, on the worker's thread.
     fn start(self: Box<Self>, worker: &WorkerState, active: Active) -> worker::LocalTask;
 
+    /// Takes the job for serving: `false` if its caller withdrew it (its
+    /// queue timeout passed) or went away while it was queued; the job is
+    /// then dropped unstarted. A claimed job is started or rejected, never
+    /// withdrawn.
+    fn claim(&self) -> bool;
+
     /// Answers the request without running it.
     fn reject(self: Box<Self>, failure: Failure);
 }
@@ -128,6 +136,20 @@ pub(crate) struct Core {
     pub(crate) idle: Idle,
     /// Tells this pool's worker threads from another pool's.
     pub(crate) id: u64,
+    /// How many wrapped services have lost their last handle. A worker that
+    /// sees it move drops its instances of those services (see
+    /// `WorkerState::sweep_retired`).
+    pub(crate) retired: AtomicU64,
+}
+
+impl Core {
+    /// A wrapped service lost its last handle: every worker drops its
+    /// instance, on its own thread, at its next turn. Idle workers are woken
+    /// for it; their loop sweeps before it waits again.
+    pub(crate) fn retire_service(&self) {
+        self.retired.fetch_add(1, Ordering::Release);
+        self.idle.wake_all();
+    }
 }
 
 /// A handle on the pool; the threads stop when the last handle is dropped.
@@ -141,6 +163,9 @@ struct Inner {
     // workers to answer what is still queued with 503 and exit.
     shared: Sender<Envelope>,
     own: Vec<Sender<Envelope>>,
+    // Receiving ends kept so that `shutdown`, past its deadline, answers
+    // what is still queued itself: the workers may all be stuck.
+    queues: Vec<Queues>,
     admission: Arc<Semaphore>,
     // Seeds the key hash, so that a client cannot pick keys that pile onto
     // one worker on every server; stable for the life of the pool.
@@ -163,6 +188,7 @@ impl Pool {
             lifecycle: Lifecycle::new(config.workers),
             idle: Idle::new(config.workers),
             id: POOLS.fetch_add(1, Ordering::Relaxed),
+            retired: AtomicU64::new(0),
             config,
         });
         // A worker's own queue only ever holds keyed requests: without a key
@@ -172,22 +198,23 @@ impl Pool {
             Some(_) => core.config.queue_capacity,
             None => 1,
         };
-        let own = (0..core.config.workers)
+        let (own, queues) = (0..core.config.workers)
             .map(|index| {
                 let (tx, rx) = async_channel::bounded(own_capacity);
                 let queues = Queues {
                     own: rx,
                     shared: shared_rx.clone(),
                 };
-                worker::spawn(index, queues, core.clone())
+                worker::spawn(index, queues.clone(), core.clone())
                     .expect("tower-affinity: failed to spawn a worker thread");
-                tx
+                (tx, queues)
             })
-            .collect();
+            .unzip();
         Self {
             inner: Arc::new(Inner {
                 shared,
                 own,
+                queues,
                 admission: Arc::new(Semaphore::new(core.config.queue_capacity)),
                 seed: RandomState::new(),
                 next_service: AtomicU64::new(0),
@@ -202,6 +229,10 @@ impl Pool {
 
     pub(crate) fn id(&self) -> u64 {
         self.inner.core.id
+    }
+
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.inner.core
     }
 
     /// The semaphore whose permits admit requests to the queues.
@@ -287,36 +318,71 @@ impl Pool {
     }
 
     /// Stops admitting, serves what was admitted, and waits for the threads
-    /// to end; past `deadline`, makes them drop what they still hold.
-    pub(crate) async fn shutdown(&self, deadline: Option<Duration>) {
+    /// to end; past `deadline`, answers what is still queued with `503`,
+    /// makes the workers drop what they hold, and returns within
+    /// [`ABORT_GRACE`] even if some workers are stuck in user code.
+    pub(crate) async fn shutdown(&self, deadline: Option<Duration>) -> ShutdownReport {
         let lifecycle = &self.inner.core.lifecycle;
         lifecycle.drain();
         // Callers waiting in `poll_ready` wake up and get 503 from `call`.
         self.inner.close();
-        match deadline {
-            None => lifecycle.all_exited().await,
-            Some(deadline) => {
-                if tokio::time::timeout(deadline, lifecycle.all_exited())
-                    .await
-                    .is_err()
-                {
-                    lifecycle.abort();
-                    lifecycle.all_exited().await;
-                }
+        let Some(deadline) = deadline else {
+            lifecycle.all_exited().await;
+            return ShutdownReport::complete();
+        };
+        if tokio::time::timeout(deadline, lifecycle.all_exited())
+            .await
+            .is_ok()
+        {
+            return ShutdownReport::complete();
+        }
+        lifecycle.abort();
+        // A worker stuck in a handler cannot answer its queue: answer here.
+        // Each job leaves a queue once, so this and the workers never both
+        // answer one.
+        for queues in &self.inner.queues {
+            while let Some(envelope) = queues.try_recv() {
+                self.inner
+                    .core
+                    .counters
+                    .rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                envelope.job.reject(Failure::ShutDown);
             }
         }
+        // Workers that are not stuck drop what they hold and end within a
+        // moment; the stuck ones end on their own when their handlers
+        // return, dropping what they hold on their own thread.
+        let _ = tokio::time::timeout(ABORT_GRACE, lifecycle.all_exited()).await;
+        let counters = &self.inner.core.counters;
+        let stuck: Vec<usize> = (0..self.inner.own.len())
+            .filter(|&index| counters.worker(index).is_polling())
+            .collect();
+        if !stuck.is_empty() {
+            trace::warning!(
+                ?stuck,
+                "shutdown deadline passed with workers inside user code"
+            );
+        }
+        ShutdownReport::with_stuck(stuck)
     }
 }
+
+/// How long `shutdown_timeout` waits, past its deadline, for the workers
+/// that are not stuck in user code to end.
+pub(crate) const ABORT_GRACE: Duration = Duration::from_millis(100);
 
 impl Inner {
     /// Closes the queues and wakes the waiting workers to see it.
     fn close(&self) {
-        // Callers waiting in `poll_ready` wake up and get 503 from `call`.
-        self.admission.close();
+        // The queues first: a caller that wakes in `poll_ready` because
+        // admission closed must find them closed too, and so be told
+        // "shutting down" by `call`, not "overloaded".
         self.shared.close();
         for queue in &self.own {
             queue.close();
         }
+        self.admission.close();
         self.core.idle.wake_all();
     }
 }

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use http_body::Body;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -27,6 +26,7 @@ use super::Job;
 use crate::body::{FrameSender, Msg};
 use crate::error::{BoxError, Elapsed, Failure};
 use crate::future::Reply;
+use crate::reply::ReplySender;
 use crate::service::Shared;
 use crate::trace::{self, Span};
 use crate::ThreadAffinityBody;
@@ -42,7 +42,7 @@ where
 {
     shared: Arc<Shared<S>>,
     request: Request<B>,
-    reply: oneshot::Sender<Reply<S::Error>>,
+    reply: ReplySender<Reply<S::Error>>,
     span: Span,
 }
 
@@ -53,7 +53,7 @@ where
     pub(crate) fn new(
         shared: Arc<Shared<S>>,
         request: Request<B>,
-        reply: oneshot::Sender<Reply<S::Error>>,
+        reply: ReplySender<Reply<S::Error>>,
     ) -> Self {
         Self {
             shared,
@@ -87,7 +87,8 @@ where
             deadline: config.response_deadline,
         };
         span.in_scope(|| trace::debug!(worker = worker.id().index(), "started"));
-        let made = guard(|| worker.instance(shared.id(), || shared.make(worker.id())));
+        let handle = Arc::downgrade(&shared);
+        let made = guard(|| worker.instance(shared.id(), handle, || shared.make(worker.id())));
         let Ok(service) = made else {
             answer_panic(reply, &active);
             // A zero-sized future: boxing it allocates nothing.
@@ -95,6 +96,10 @@ where
         };
         let task = span.instrument(serve(service, request, reply, limits, active));
         Box::pin(task)
+    }
+
+    fn claim(&self) -> bool {
+        self.reply.claim()
     }
 
     fn reject(self: Box<Self>, failure: Failure) {
@@ -116,7 +121,7 @@ struct Limits {
 async fn serve<S, B, ResBody>(
     service: Rc<RefCell<S>>,
     request: Request<B>,
-    reply: oneshot::Sender<Reply<S::Error>>,
+    reply: ReplySender<Reply<S::Error>>,
     limits: Limits,
     active: Active,
 ) where
@@ -139,9 +144,9 @@ async fn serve<S, B, ResBody>(
 async fn call<S, B>(
     service: Rc<RefCell<S>>,
     request: Request<B>,
-    mut reply: oneshot::Sender<Reply<S::Error>>,
+    mut reply: ReplySender<Reply<S::Error>>,
     active: &Active,
-) -> Option<(S::Future, oneshot::Sender<Reply<S::Error>>)>
+) -> Option<(S::Future, ReplySender<Reply<S::Error>>)>
 where
     S: Service<Request<B>>,
 {
@@ -182,9 +187,9 @@ where
 /// answered (error, panic) or cancelled meanwhile.
 async fn respond<F, T, E>(
     future: F,
-    mut reply: oneshot::Sender<Reply<E>>,
+    mut reply: ReplySender<Reply<E>>,
     active: &Active,
-) -> Option<(T, oneshot::Sender<Reply<E>>)>
+) -> Option<(T, ReplySender<Reply<E>>)>
 where
     F: Future<Output = Result<T, E>>,
 {
@@ -209,7 +214,7 @@ where
 /// common case, no channel), else with a channel the rest streams through.
 async fn send_head<B, E>(
     response: Response<B>,
-    reply: oneshot::Sender<Reply<E>>,
+    reply: ReplySender<Reply<E>>,
     body_buffer: usize,
     deadline: Option<Instant>,
     active: Active,
@@ -301,12 +306,12 @@ async fn stream_body<B>(
 }
 
 /// Sends the reply; a caller that went away no longer wants it.
-fn answer<E>(reply: oneshot::Sender<Reply<E>>, with: Reply<E>) {
+fn answer<E>(reply: ReplySender<Reply<E>>, with: Reply<E>) {
     let _ = reply.send(with);
 }
 
 /// Answers with a 500 for a panic, and counts it.
-fn answer_panic<E>(reply: oneshot::Sender<Reply<E>>, active: &Active) {
+fn answer_panic<E>(reply: ReplySender<Reply<E>>, active: &Active) {
     trace::warning!("panicked");
     active.panicked();
     answer(reply, Ok(Failure::Panicked.response()));

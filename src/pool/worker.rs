@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::{io, thread};
 
@@ -149,6 +149,10 @@ async fn next_job(queues: &Queues, state: &WorkerState) -> Option<Envelope> {
     let idle = &state.core.idle;
     let index = state.id.index();
     poll_fn(|cx| {
+        // Here, not in the loop around: an idle worker woken for a retired
+        // service finds no job and waits again without leaving this poll.
+        // (Checked again after registering, below.)
+        state.sweep_retired();
         let mut registered = false;
         let mut spins = 0;
         loop {
@@ -178,6 +182,9 @@ async fn next_job(queues: &Queues, state: &WorkerState) -> Option<Envelope> {
                 None => {
                     idle.wait(index, cx.waker());
                     registered = true;
+                    // A service retired before `wait` woke no one: its
+                    // `wake_all` ran before this worker registered.
+                    state.sweep_retired();
                 }
             }
         }
@@ -189,8 +196,11 @@ async fn next_job(queues: &Queues, state: &WorkerState) -> Option<Envelope> {
 pub(crate) struct WorkerState {
     id: WorkerId,
     core: Arc<Core>,
-    // One instance per wrapped service, created on first use on this thread.
-    services: RefCell<HashMap<u64, Rc<dyn Any>>>,
+    // One instance per wrapped service, created on first use on this thread,
+    // dropped here once the service's last handle is gone.
+    services: RefCell<HashMap<u64, Instance>>,
+    // The pool's count of retired services when this worker last swept.
+    swept: Cell<u64>,
     load: Rc<Load>,
 }
 
@@ -205,6 +215,7 @@ impl WorkerState {
             id,
             core,
             services: RefCell::default(),
+            swept: Cell::new(0),
             load,
         }
     }
@@ -217,16 +228,51 @@ impl WorkerState {
         &self.id
     }
 
-    /// This worker's instance of service `id`, made by `make` on first use.
-    pub(crate) fn instance<S: 'static>(&self, id: u64, make: impl FnOnce() -> S) -> Rc<RefCell<S>> {
+    /// This worker's instance of service `id`, made by `make` on first use;
+    /// kept until `handle`, the service's shared part, is gone.
+    pub(crate) fn instance<S: 'static>(
+        &self,
+        id: u64,
+        handle: Weak<dyn Any + Send + Sync>,
+        make: impl FnOnce() -> S,
+    ) -> Rc<RefCell<S>> {
         if let Some(instance) = self.services.borrow().get(&id) {
-            return Rc::clone(instance)
+            return Rc::clone(&instance.service)
                 .downcast()
                 .expect("a service id names one service type");
         }
-        let instance = Rc::new(RefCell::new(make()));
-        self.services.borrow_mut().insert(id, instance.clone());
-        instance
+        let service = Rc::new(RefCell::new(make()));
+        let instance = Instance {
+            handle,
+            service: service.clone(),
+        };
+        self.services.borrow_mut().insert(id, instance);
+        service
+    }
+
+    /// Drops the instances of services whose every handle is gone, once per
+    /// retirement (see `Core::retired`). Requests still running keep their
+    /// instance alive until they end; it is dropped then, on this thread.
+    fn sweep_retired(&self) {
+        let retired = self.core.retired.load(Acquire);
+        if retired == self.swept.get() {
+            return;
+        }
+        self.swept.set(retired);
+        let gone: Vec<Instance> = {
+            let mut services = self.services.borrow_mut();
+            let ids: Vec<u64> = services
+                .iter()
+                .filter(|(_, instance)| instance.handle.strong_count() == 0)
+                .map(|(&id, _)| id)
+                .collect();
+            ids.iter().filter_map(|id| services.remove(id)).collect()
+        };
+        // Outside the borrow: a `Drop` may panic, or (in user code) reach
+        // back into this worker.
+        for instance in gone {
+            let _ = guard(move || drop(instance));
+        }
     }
 
     fn reject(&self, envelope: Envelope, failure: Failure) {
@@ -245,6 +291,13 @@ impl WorkerState {
         // The job has left the queue: free its place now, not after the
         // inline poll below, which may block for as long as the handler runs.
         drop(permit);
+        if !job.claim() {
+            // Withdrawn by its caller: answered already, or nobody waits.
+            return;
+        }
+        // Claimed: from here the caller cannot withdraw it, so a timeout
+        // seen here (a caller off any Tokio runtime keeps no timer) is
+        // counted once.
         if let (Some(enqueued), Some(timeout)) = (enqueued, self.core.config.queue_timeout) {
             if enqueued.elapsed() > timeout {
                 self.core.counters.timed_out.fetch_add(1, Relaxed);
@@ -276,6 +329,13 @@ impl WorkerState {
             let _ = guard(move || drop(instance));
         }
     }
+}
+
+/// One worker's instance of a wrapped service.
+struct Instance {
+    /// The service's shared part, alive while any handle or queued job is.
+    handle: Weak<dyn Any + Send + Sync>,
+    service: Rc<dyn Any>,
 }
 
 /// How many requests this worker is serving, and the event loop's waker.

@@ -1,0 +1,251 @@
+//! Time limits that hold while every worker is stuck in user code: the
+//! queue timeout and `shutdown_timeout`. A handler here blocks its thread
+//! on a channel that the test opens only after checking the limit held, so
+//! a limit enforced only by a worker would hang the test.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::{self, ThreadId};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{get, within};
+use http::{Request, Response, StatusCode};
+use tokio::sync::mpsc;
+use tower::{Service, ServiceExt};
+use tower_affinity::{blocking, ThreadAffinityLayer};
+
+/// A handler that, on `/block`, tells the test it started and blocks its
+/// thread until released; any other path answers at once. It counts calls
+/// per path and reports its drop's thread.
+struct Stuck {
+    started: mpsc::UnboundedReceiver<ThreadId>,
+    release: std_mpsc::Sender<()>,
+    calls: Arc<Mutex<Vec<String>>>,
+    dropped: mpsc::UnboundedReceiver<ThreadId>,
+}
+
+fn stuck_service(
+    layer: &ThreadAffinityLayer,
+) -> (
+    impl Service<
+            Request<()>,
+            Response = Response<tower_affinity::ThreadAffinityBody>,
+            Error = Infallible,
+            Future = tower_affinity::future::ResponseFuture<Infallible>,
+        > + Clone,
+    Stuck,
+) {
+    let (started_tx, started) = mpsc::unbounded_channel();
+    let (release, release_rx) = std_mpsc::channel::<()>();
+    let release_rx = Arc::new(Mutex::new(release_rx));
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let (dropped_tx, dropped) = mpsc::unbounded_channel();
+    let svc = {
+        let calls = calls.clone();
+        layer.service_with(move |_| {
+            let guard = DropProbe(dropped_tx.clone());
+            let (started_tx, release_rx, calls) =
+                (started_tx.clone(), release_rx.clone(), calls.clone());
+            blocking::service_fn(move |req: Request<()>| {
+                let _ = &guard;
+                let path = req.uri().path().to_owned();
+                calls.lock().unwrap().push(path.clone());
+                if path == "/block" {
+                    started_tx.send(thread::current().id()).unwrap();
+                    release_rx.lock().unwrap().recv().unwrap();
+                }
+                Response::new(http_body_util::Full::new(Bytes::from(path)))
+            })
+        })
+    };
+    let stuck = Stuck {
+        started,
+        release,
+        calls,
+        dropped,
+    };
+    (svc, stuck)
+}
+
+/// Sends a message with its thread when the service instance is dropped.
+struct DropProbe(mpsc::UnboundedSender<ThreadId>);
+
+impl Drop for DropProbe {
+    fn drop(&mut self) {
+        let _ = self.0.send(thread::current().id());
+    }
+}
+
+impl Stuck {
+    async fn started(&mut self) -> ThreadId {
+        within("the blocking handler to start", self.started.recv())
+            .await
+            .unwrap()
+    }
+
+    fn calls_to(&self, path: &str) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| *p == path)
+            .count()
+    }
+}
+
+/// With one worker stuck in a handler, a request queued behind it gets
+/// `503` once its queue timeout passes, while the worker is still stuck;
+/// the handler never runs for it, even after the worker is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_timeout_holds_while_the_only_worker_is_stuck() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .queue_timeout(Duration::from_millis(50))
+        .build();
+    let (svc, mut stuck) = stuck_service(&layer);
+    let blocked = tokio::spawn(svc.clone().oneshot(get("/block")));
+    stuck.started().await;
+
+    let late = within("the queue timeout", svc.clone().oneshot(get("/late")))
+        .await
+        .unwrap();
+    assert_eq!(late.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(layer.stats().timed_out(), 1);
+
+    stuck.release.send(()).unwrap();
+    let blocked = within("/block", blocked).await.unwrap().unwrap();
+    assert_eq!(blocked.status(), StatusCode::OK);
+    // The worker has now taken the withdrawn job off its queue (a later
+    // request is behind it); it was dropped unstarted.
+    let after = within("/after", svc.clone().oneshot(get("/after")))
+        .await
+        .unwrap();
+    assert_eq!(after.status(), StatusCode::OK);
+    assert_eq!(stuck.calls_to("/late"), 0, "a withdrawn request ran");
+    assert_eq!(layer.stats().timed_out(), 1, "counted once");
+}
+
+/// A request that a worker has started is not cut by its queue timeout:
+/// the timeout bounds the wait in the queue, not the handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_request_outlives_its_queue_timeout() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .queue_timeout(Duration::from_millis(20))
+        .build();
+    let (svc, mut stuck) = stuck_service(&layer);
+    let blocked = tokio::spawn(svc.clone().oneshot(get("/block")));
+    stuck.started().await;
+    // Past the timeout while running: a timer for the queue that fired
+    // now must not answer 503 for a request that is being served.
+    let timed = tokio::spawn(svc.clone().oneshot(get("/late")));
+    within("the queued request to time out", async {
+        while layer.stats().timed_out() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    stuck.release.send(()).unwrap();
+    let blocked = within("/block", blocked).await.unwrap().unwrap();
+    assert_eq!(blocked.status(), StatusCode::OK);
+    assert_eq!(
+        within("/late", timed).await.unwrap().unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+/// `shutdown_timeout(d)` returns soon after `d` while the only worker is
+/// stuck in a handler: the request queued behind it gets `503` at once,
+/// the report names the stuck worker, and the thread ends by itself once
+/// the handler returns, dropping its service instance on its own thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_timeout_returns_while_a_worker_is_stuck() {
+    let layer = ThreadAffinityLayer::new(1);
+    let (svc, mut stuck) = stuck_service(&layer);
+    let blocked = tokio::spawn(svc.clone().oneshot(get("/block")));
+    let worker = stuck.started().await;
+    let mut queued_svc = svc.clone();
+    within("a place in the queue", queued_svc.ready())
+        .await
+        .unwrap();
+    let queued = tokio::spawn(queued_svc.call(get("/queued")));
+
+    let report = within(
+        "shutdown_timeout",
+        layer.shutdown_timeout(Duration::from_millis(50)),
+    )
+    .await;
+    assert!(!report.is_complete());
+    assert_eq!(report.stuck(), &[0]);
+    let queued = within("the queued request", queued).await.unwrap().unwrap();
+    assert_eq!(queued.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // Only now does the stuck handler return.
+    stuck.release.send(()).unwrap();
+    let blocked = within("/block", blocked).await.unwrap().unwrap();
+    assert_eq!(blocked.status(), StatusCode::OK);
+    drop((svc, queued_svc));
+    let dropped_on = within("the instance to drop", stuck.dropped.recv())
+        .await
+        .unwrap();
+    assert_eq!(dropped_on, worker);
+    assert_eq!(stuck.calls_to("/queued"), 0);
+}
+
+/// A shutdown that finishes in time reports itself complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_timeout_in_time_is_complete() {
+    let layer = ThreadAffinityLayer::new(2);
+    let (svc, _stuck) = stuck_service(&layer);
+    let ok = within("/ok", svc.clone().oneshot(get("/ok")))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let report = within("shutdown", layer.shutdown_timeout(Duration::from_secs(5))).await;
+    assert!(report.is_complete());
+    assert!(report.stuck().is_empty());
+}
+
+/// Callers waiting for a place in a full queue when the pool shuts down are
+/// told it is shutting down, never that it is overloaded: the queues close
+/// before admission wakes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_racing_a_shutdown_are_told_it_is_shutting_down() {
+    const WAITERS: usize = 16;
+    for _round in 0..20 {
+        let layer = ThreadAffinityLayer::builder()
+            .workers(1)
+            .queue_capacity(1)
+            .build();
+        let (svc, mut stuck) = stuck_service(&layer);
+        let blocked = tokio::spawn(svc.clone().oneshot(get("/block")));
+        stuck.started().await;
+        // The one place in the queue, taken.
+        let mut queued_svc = svc.clone();
+        within("a place", queued_svc.ready()).await.unwrap();
+        let queued = tokio::spawn(queued_svc.call(get("/queued")));
+        let waiters: Vec<_> = (0..WAITERS)
+            .map(|_| tokio::spawn(svc.clone().oneshot(get("/waiter"))))
+            .collect();
+        tokio::task::yield_now().await;
+        let shutdown = {
+            let layer = layer.clone();
+            tokio::spawn(async move { layer.shutdown_timeout(Duration::from_millis(10)).await })
+        };
+        for waiter in waiters {
+            let response = within("a waiter", waiter).await.unwrap().unwrap();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let body = common::collect(response.into_body()).await;
+            assert_eq!(String::from_utf8_lossy(&body), "service is shutting down\n");
+        }
+        within("shutdown", shutdown).await.unwrap();
+        stuck.release.send(()).unwrap();
+        within("/block", blocked).await.unwrap().unwrap();
+        let queued = within("/queued", queued).await.unwrap().unwrap();
+        assert_eq!(queued.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}
