@@ -147,6 +147,17 @@ impl Builder {
     /// Answers `503 Service Unavailable` to a request that waited longer
     /// than `timeout` in a queue, without ever reaching the inner service.
     /// Off by default.
+    ///
+    /// The caller's [`ResponseFuture`](crate::future::ResponseFuture) keeps
+    /// the time on the caller's Tokio runtime (it needs time enabled, as
+    /// hyper, axum and tonic servers have), so the limit holds even while
+    /// every worker is stuck in a blocking call. A request is either
+    /// started by a worker or answered `503`, never both; one started
+    /// before its timeout runs to its end. A withdrawn request keeps its
+    /// place in the queue until a worker takes it off and drops it
+    /// unstarted, so a stuck pool shows as a full queue, not as unbounded
+    /// growth. Off a Tokio runtime, the worker checks the timeout when it
+    /// takes the job.
     pub fn queue_timeout(mut self, timeout: Duration) -> Self {
         self.config.queue_timeout = Some(timeout);
         self

@@ -94,7 +94,8 @@ impl ThreadAffinityLayer {
     ///
     /// For services that are not `Send` or not `Clone`: a `rusqlite`
     /// connection, an `Rc<RefCell<_>>` cache, a raw FFI handle. The instance
-    /// never leaves its worker; it is dropped there when the pool shuts down.
+    /// never leaves its worker; it is dropped there once every handle of the
+    /// returned service is gone (or when the pool shuts down).
     ///
     /// ```
     /// use std::cell::RefCell;

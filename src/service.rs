@@ -24,7 +24,8 @@ use crate::{Overload, ThreadAffinityBody, WorkerId};
 /// pool and the workers' instances of the inner service. Each worker makes
 /// its own instance (a clone of the service given to the layer, or one built
 /// by the factory) the first time it serves a request for it, and drops it
-/// on its own thread when the pool shuts down.
+/// on its own thread once the last clone of this handle (and the last
+/// request for it) is gone, or when the pool shuts down.
 ///
 /// The inner service's future and response body need not be `Send`: they
 /// are created, polled and dropped on one worker thread. Only the request

@@ -209,6 +209,14 @@ async fn totals_count_admitted_rejected_and_timed_out_requests() {
     );
     let late = within("/late", late).await.unwrap();
     assert_eq!(late.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // A request withdrawn by its queue timeout keeps its place until the
+    // worker takes it off the queue and drops it.
+    within("the withdrawn request to leave the queue", async {
+        while layer.stats().queued() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     let after = send(&mut svc, get("/after")).await;
     assert_eq!(after.status(), StatusCode::OK);
 
