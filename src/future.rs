@@ -3,14 +3,16 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::Response;
+use tokio::sync::{AcquireError, OwnedSemaphorePermit};
 use tokio::time::Sleep;
 
 use crate::error::Failure;
-use crate::pool::Core;
+use crate::pool::{Core, Job, Pool};
 use crate::reply::ReplyReceiver;
 use crate::trace;
 use crate::ThreadAffinityBody;
@@ -33,6 +35,13 @@ pub struct ResponseFuture<E> {
 }
 
 enum State<E> {
+    /// Waiting for a place in the shared queue: an unkeyed request of a
+    /// pool with affinity keys, whose `poll_ready` reserved nothing.
+    Admitting {
+        admit: Box<Admit>,
+        rx: ReplyReceiver<Reply<E>>,
+        timeout: Option<QueueTimeout>,
+    },
     /// Waiting for the worker's reply.
     Waiting {
         rx: ReplyReceiver<Reply<E>>,
@@ -40,6 +49,37 @@ enum State<E> {
     },
     /// Answered by the layer itself, without reaching a worker.
     Failed(Option<Failure>),
+}
+
+/// A job waiting for a place in the shared queue.
+pub(crate) struct Admit {
+    place: Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>,
+    job: Option<Box<dyn Job>>,
+    // Keeps the queues open until the job is in one; the job itself must
+    // not (see `ThreadAffinity`).
+    pool: Pool,
+}
+
+impl Admit {
+    /// Submits `job` once a place frees up.
+    pub(crate) fn new(job: Box<dyn Job>, pool: Pool) -> Box<Self> {
+        Box::new(Self {
+            place: Box::pin(pool.admission().acquire_owned()),
+            job: Some(job),
+            pool,
+        })
+    }
+
+    /// Ready once the job is queued, or refused.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Failure>> {
+        let place = ready!(self.place.as_mut().poll(cx));
+        let job = self.job.take().expect("Admit polled after completion");
+        Poll::Ready(match place {
+            Ok(permit) => self.pool.submit(job, Some(permit), None),
+            // Closed: the pool is shutting down.
+            Err(_) => Err(Failure::ShutDown),
+        })
+    }
 }
 
 /// The queue timeout of one request, kept by its caller.
@@ -69,6 +109,16 @@ impl<E> ResponseFuture<E> {
         }
     }
 
+    pub(crate) fn admitting(
+        admit: Box<Admit>,
+        rx: ReplyReceiver<Reply<E>>,
+        timeout: Option<QueueTimeout>,
+    ) -> Self {
+        Self {
+            state: State::Admitting { admit, rx, timeout },
+        }
+    }
+
     pub(crate) fn failed(failure: Failure) -> Self {
         Self {
             state: State::Failed(Some(failure)),
@@ -81,6 +131,29 @@ impl<E> Future for ResponseFuture<E> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let state = &mut self.get_mut().state;
+        if let State::Admitting { admit, timeout, .. } = state {
+            match admit.poll(cx) {
+                Poll::Ready(Ok(())) => {
+                    let State::Admitting { rx, timeout, .. } =
+                        std::mem::replace(state, State::Failed(None))
+                    else {
+                        unreachable!()
+                    };
+                    *state = State::Waiting { rx, timeout };
+                }
+                Poll::Ready(Err(failure)) => return Poll::Ready(Ok(failure.response())),
+                Poll::Pending => {
+                    // Waiting for a place counts as waiting in the queue.
+                    let Some(queue) = timeout else {
+                        return Poll::Pending;
+                    };
+                    ready!(queue.sleep.as_mut().poll(cx));
+                    queue.core.counters.timed_out.fetch_add(1, Relaxed);
+                    trace::debug!("queue timeout elapsed");
+                    return Poll::Ready(Ok(Failure::TimedOut.response()));
+                }
+            }
+        }
         let State::Waiting { rx, timeout } = state else {
             let State::Failed(failure) = state else {
                 unreachable!()
@@ -122,6 +195,7 @@ impl<E> Future for ResponseFuture<E> {
 impl<E> fmt::Debug for ResponseFuture<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
+            State::Admitting { .. } => "admitting",
             State::Waiting { .. } => "waiting",
             State::Failed(_) => "failed",
         };

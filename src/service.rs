@@ -6,12 +6,12 @@ use std::task::{ready, Context, Poll};
 
 use http::{Request, Response};
 use http_body::Body;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 
 use crate::error::{BoxError, Failure};
-use crate::future::{QueueTimeout, ResponseFuture};
+use crate::future::{Admit, QueueTimeout, ResponseFuture};
 use crate::pool::{Call, Core, Pool};
 use crate::reply;
 use crate::trace;
@@ -164,6 +164,12 @@ where
     /// when the queue is full. Never fails: after shutdown it is ready, and
     /// `call` answers `503`.
     ///
+    /// With affinity keys configured it reserves nothing and is always
+    /// ready, since the request's key is not known yet: a keyed request
+    /// goes to its worker's own queue (`503` when that is full), and an
+    /// unkeyed one waits for a place in its response future instead (under
+    /// `Wait`; the queue timeout covers that wait).
+    ///
     /// [`Overload::Wait`]: crate::Overload::Wait
     /// [`Overload::Reject`]: crate::Overload::Reject
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -172,7 +178,11 @@ where
         if self.pool.config().workers == 1 && self.is_calling_thread(None) {
             return Poll::Ready(Ok(()));
         }
-        if self.permit.is_none() && self.pool.config().overload == Overload::Wait {
+        // With affinity keys, nothing is reserved here: a keyed request goes
+        // to its worker's own queue, bounded by itself, and must not wait
+        // for (or hold) a place in the shared one. `call` admits the others.
+        let keyed_pool = self.pool.config().affinity_key.is_some();
+        if self.permit.is_none() && !keyed_pool && self.pool.config().overload == Overload::Wait {
             // `None` means the pool shut down: `call` will say so.
             self.permit = ready!(self.admission.poll_acquire(cx));
         }
@@ -189,6 +199,23 @@ where
         }
         let (tx, rx) = reply::slot();
         let job = Box::new(Call::new(self.shared.clone(), request, tx));
+        let wait_for_place = worker.is_none()
+            && permit.is_none()
+            && pool.config().affinity_key.is_some()
+            && pool.config().overload == Overload::Wait;
+        let permit = match permit {
+            None if wait_for_place => match pool.admission().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(TryAcquireError::Closed) => None,
+                Err(TryAcquireError::NoPermits) => {
+                    // The shared queue is full: the response future waits
+                    // for a place, as `poll_ready` would have.
+                    let timeout = QueueTimeout::start(pool.core());
+                    return ResponseFuture::admitting(Admit::new(job, pool.clone()), rx, timeout);
+                }
+            },
+            permit => permit,
+        };
         // Without a reservation (the reject policy, or a caller that skipped
         // `poll_ready`), `submit` tries to take a place at once.
         match pool.submit(job, permit, worker) {

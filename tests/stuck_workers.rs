@@ -249,3 +249,56 @@ async fn callers_racing_a_shutdown_are_told_it_is_shutting_down() {
         assert_eq!(queued.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }
+
+/// In a pool with affinity keys, a keyed request does not wait for a place
+/// in the full shared queue (its own queue bounds it), and an unkeyed one
+/// waits for its place in its response future instead of getting `503`;
+/// all are served once the worker is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_requests_do_not_wait_for_the_shared_queue() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .queue_capacity(1)
+        .affinity_header(http::HeaderName::from_static("x-key"))
+        .build();
+    let (svc, mut stuck) = stuck_service(&layer);
+    let blocked = tokio::spawn(svc.clone().oneshot(get("/block")));
+    stuck.started().await;
+    // The shared queue's one place, taken by an unkeyed request.
+    let queued = tokio::spawn(svc.clone().oneshot(get("/queued")));
+    within("/queued to be queued", async {
+        while layer.stats().queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+
+    let mut keyed_svc = svc.clone();
+    within("readiness for a keyed request", keyed_svc.ready())
+        .await
+        .unwrap();
+    let keyed = Request::get("/keyed")
+        .header("x-key", "session-1")
+        .body(())
+        .unwrap();
+    let keyed = tokio::spawn(keyed_svc.call(keyed));
+    let unkeyed = tokio::spawn(svc.clone().oneshot(get("/unkeyed")));
+    within("the keyed request to be queued", async {
+        while layer.stats().workers()[0].queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+
+    stuck.release.send(()).unwrap();
+    for (name, response) in [
+        ("/block", blocked),
+        ("/queued", queued),
+        ("/keyed", keyed),
+        ("/unkeyed", unkeyed),
+    ] {
+        let response = within(name, response).await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{name}");
+        assert_eq!(common::collect(response.into_body()).await, name);
+    }
+}
