@@ -15,6 +15,13 @@
 //! nothing to do waits in the idle list (`idle`), where the submitter of
 //! the next job finds it and wakes it.
 //!
+//! The pool runs `workers` core threads, and spare ones up to
+//! `max_workers` while every running worker is blocked in user code and
+//! unkeyed work waits (`spare`, `probe`). Every per-worker structure (the
+//! counters, the idle list) has a slot for each thread the pool may run,
+//! made when it starts, so spares come and go without a lock or an
+//! allocation on the request path. Keys hash over the core workers only.
+//!
 //! Admission is counted by a semaphore of `queue_capacity` permits: a
 //! caller takes a permit in `poll_ready` (or `call`, under the reject
 //! policy), it travels with the job, and it is released when a worker takes
@@ -23,26 +30,33 @@
 
 mod idle;
 mod lifecycle;
+mod load;
+pub(crate) mod probe;
+mod spare;
 mod task;
 mod unwind;
 mod worker;
 
 use std::fmt;
 use std::hash::RandomState;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_channel::{Receiver, Sender, TrySendError};
+use async_channel::{Sender, TrySendError};
 use http::request::Parts;
 use http::Request;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+pub(crate) use self::load::Active;
 pub(crate) use self::task::Call;
-pub(crate) use self::worker::{Active, WorkerState};
+pub(crate) use self::worker::WorkerState;
 
 use self::idle::Idle;
 use self::lifecycle::Lifecycle;
+use self::spare::Spares;
+use self::worker::Queues;
 use crate::error::Failure;
 use crate::stats::{Counters, Stats};
 use crate::{Overload, WorkerId};
@@ -57,6 +71,11 @@ pub(crate) type Hook = Arc<dyn Fn(&WorkerId) + Send + Sync>;
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) workers: usize,
+    /// At least `workers` (the builder makes sure).
+    pub(crate) max_workers: usize,
+    pub(crate) keep_alive: Duration,
+    /// Test seam: thread spawns past this many fail.
+    pub(crate) spawn_limit: Option<usize>,
     pub(crate) queue_capacity: usize,
     pub(crate) max_streams_per_worker: usize,
     pub(crate) body_buffer: usize,
@@ -73,6 +92,8 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("workers", &self.workers)
+            .field("max_workers", &self.max_workers)
+            .field("keep_alive", &self.keep_alive)
             .field("queue_capacity", &self.queue_capacity)
             .field("max_streams_per_worker", &self.max_streams_per_worker)
             .field("body_buffer", &self.body_buffer)
@@ -105,38 +126,36 @@ pub(crate) struct Envelope {
     enqueued: Option<Instant>,
 }
 
-/// The receiving ends a worker takes jobs from.
-#[derive(Clone)]
-pub(crate) struct Queues {
-    own: Receiver<Envelope>,
-    shared: Receiver<Envelope>,
-}
-
-impl Queues {
-    /// The next job, from the worker's own queue first: keyed requests
-    /// keep their order.
-    fn try_recv(&self) -> Option<Envelope> {
-        self.own.try_recv().or_else(|_| self.shared.try_recv()).ok()
-    }
-}
-
 /// What the pool's handles and its worker threads share.
 pub(crate) struct Core {
     pub(crate) config: Config,
     pub(crate) counters: Counters,
     pub(crate) lifecycle: Lifecycle,
     pub(crate) idle: Idle,
+    pub(crate) spares: Spares,
     /// Tells this pool's worker threads from another pool's.
     pub(crate) id: u64,
+    /// Thread spawns left before the test seam refuses them.
+    spawns_left: AtomicUsize,
+}
+
+impl Core {
+    /// Whether the test seam lets one more thread start.
+    fn may_spawn(&self) -> bool {
+        self.spawns_left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
 }
 
 /// A handle on the pool; the threads stop when the last handle is dropped.
 #[derive(Clone)]
 pub(crate) struct Pool {
-    inner: Arc<Inner>,
+    inner: Arc<Dispatch>,
 }
 
-struct Inner {
+/// The request side of the pool: the queues' senders and admission.
+struct Dispatch {
     // The only senders: dropping them closes the queues, which tells the
     // workers to answer what is still queued with 503 and exit.
     shared: Sender<Envelope>,
@@ -150,19 +169,18 @@ struct Inner {
 }
 
 impl Pool {
-    /// Starts `config.workers` threads.
-    ///
-    /// # Panics
-    ///
-    /// When the operating system refuses to start a thread.
-    pub(crate) fn start(config: Config) -> Self {
+    /// Starts `config.workers` threads (and the spares' supervisor, when
+    /// the pool may grow); on failure, the threads already started end.
+    pub(crate) fn launch(config: Config) -> io::Result<Self> {
         static POOLS: AtomicU64 = AtomicU64::new(0);
         let (shared, shared_rx) = async_channel::bounded(config.queue_capacity);
         let core = Arc::new(Core {
-            counters: Counters::new(config.workers),
-            lifecycle: Lifecycle::new(config.workers),
-            idle: Idle::new(config.workers),
+            counters: Counters::new(config.max_workers),
+            lifecycle: Lifecycle::new(),
+            idle: Idle::new(config.max_workers),
+            spares: Spares::new(&config),
             id: POOLS.fetch_add(1, Ordering::Relaxed),
+            spawns_left: AtomicUsize::new(config.spawn_limit.unwrap_or(usize::MAX)),
             config,
         });
         // A worker's own queue only ever holds keyed requests: without a key
@@ -172,28 +190,34 @@ impl Pool {
             Some(_) => core.config.queue_capacity,
             None => 1,
         };
-        let own = (0..core.config.workers)
-            .map(|index| {
-                let (tx, rx) = async_channel::bounded(own_capacity);
-                let queues = Queues {
-                    own: rx,
-                    shared: shared_rx.clone(),
-                };
-                worker::spawn(index, queues, core.clone())
-                    .expect("tower-affinity: failed to spawn a worker thread");
-                tx
-            })
-            .collect();
-        Self {
-            inner: Arc::new(Inner {
-                shared,
-                own,
-                admission: Arc::new(Semaphore::new(core.config.queue_capacity)),
-                seed: RandomState::new(),
-                next_service: AtomicU64::new(0),
-                core,
-            }),
+        let (own, own_rx): (Vec<_>, Vec<_>) = (0..core.config.workers)
+            .map(|_| async_channel::bounded(own_capacity))
+            .unzip();
+        // Made before the threads: if one fails to start, dropping this
+        // closes the queues, and the threads already started end.
+        let dispatch = Dispatch {
+            shared,
+            own,
+            admission: Arc::new(Semaphore::new(core.config.queue_capacity)),
+            seed: RandomState::new(),
+            next_service: AtomicU64::new(0),
+            core: core.clone(),
+        };
+        for (index, rx) in own_rx.into_iter().enumerate() {
+            core.lifecycle.spawning(|| false);
+            let counters = core.counters.worker(index);
+            counters.alive.store(true, Ordering::SeqCst);
+            let queues = Queues::core(rx, shared_rx.clone());
+            if let Err(error) = worker::spawn(index, queues, core.clone()) {
+                counters.alive.store(false, Ordering::SeqCst);
+                core.lifecycle.exited();
+                return Err(error);
+            }
         }
+        Spares::supervise(&core, shared_rx);
+        Ok(Self {
+            inner: Arc::new(dispatch),
+        })
     }
 
     pub(crate) fn config(&self) -> &Config {
@@ -261,10 +285,17 @@ impl Pool {
         match queue.try_send(envelope) {
             Ok(()) => {
                 counters.admitted.fetch_add(1, Ordering::Relaxed);
-                let idle = &self.inner.core.idle;
+                let core = &self.inner.core;
                 match worker {
-                    Some(index) => idle.wake(index),
-                    None => idle.wake_any(|index| counters.worker(index).is_polling()),
+                    Some(index) => {
+                        core.idle.wake(index);
+                    }
+                    None => {
+                        if !core.idle.wake_any(|i| counters.worker(i).is_polling()) {
+                            // Every worker is busy: maybe blocked.
+                            core.spares.nudge();
+                        }
+                    }
                 }
                 Ok(())
             }
@@ -280,10 +311,12 @@ impl Pool {
 
     pub(crate) fn stats(&self) -> Stats {
         let inner = &self.inner;
-        inner
-            .core
-            .counters
-            .snapshot(inner.shared.len(), |index| inner.own[index].len())
+        inner.core.counters.snapshot(
+            inner.own.len(),
+            inner.shared.len(),
+            |index| inner.own[index].len(),
+            inner.core.spares.figures(),
+        )
     }
 
     /// Stops admitting, serves what was admitted, and waits for the threads
@@ -301,6 +334,7 @@ impl Pool {
                     .is_err()
                 {
                     lifecycle.abort();
+                    self.inner.core.idle.wake_all();
                     lifecycle.all_exited().await;
                 }
             }
@@ -308,8 +342,8 @@ impl Pool {
     }
 }
 
-impl Inner {
-    /// Closes the queues and wakes the waiting workers to see it.
+impl Dispatch {
+    /// Closes the queues and wakes the workers and the supervisor to see it.
     fn close(&self) {
         // Callers waiting in `poll_ready` wake up and get 503 from `call`.
         self.admission.close();
@@ -318,10 +352,11 @@ impl Inner {
             queue.close();
         }
         self.core.idle.wake_all();
+        self.core.spares.stop();
     }
 }
 
-impl Drop for Inner {
+impl Drop for Dispatch {
     fn drop(&mut self) {
         self.close();
     }
