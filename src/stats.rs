@@ -37,6 +37,7 @@ pub struct Stats {
 pub(crate) struct SpareFigures {
     pub(crate) started: u64,
     pub(crate) retired: u64,
+    pub(crate) stalls: u64,
     pub(crate) spawn_failures: u64,
     pub(crate) max_workers: usize,
 }
@@ -64,6 +65,16 @@ impl Stats {
     /// Spare workers that retired after their keep-alive.
     pub fn spares_retired(&self) -> u64 {
         self.spares.retired
+    }
+
+    /// Times the spare supervisor found unkeyed work waiting while every
+    /// running worker was inside one poll of user code for over a
+    /// millisecond. A spare starts from such a look only if they were all
+    /// [`blocked`](WorkerStats::blocked) (off the CPU) and the pool was
+    /// below [`max_workers`](Self::max_workers): many stalls and few
+    /// spares mean CPU-bound handlers, or a pool at its ceiling.
+    pub fn stalls(&self) -> u64 {
+        self.spares.stalls
     }
 
     /// Threads the operating system refused to start (spares, and

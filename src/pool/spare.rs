@@ -56,6 +56,7 @@ pub(crate) struct Spares {
     ceiling: AtomicUsize,
     started: AtomicU64,
     retired: AtomicU64,
+    stalls: AtomicU64,
     spawn_failures: AtomicU64,
     keep_alive: Duration,
     epoch: Instant,
@@ -78,6 +79,7 @@ impl Spares {
             ceiling: AtomicUsize::new(config.max_workers),
             started: AtomicU64::new(0),
             retired: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
             spawn_failures: AtomicU64::new(0),
             keep_alive: config.keep_alive,
             epoch: Instant::now(),
@@ -187,6 +189,7 @@ impl Spares {
         SpareFigures {
             started: self.started.load(Relaxed),
             retired: self.retired.load(Relaxed),
+            stalls: self.stalls.load(Relaxed),
             spawn_failures: self.spawn_failures.load(Relaxed),
             max_workers: self.ceiling.load(Relaxed),
         }
@@ -229,6 +232,13 @@ fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>) -> usize {
     let running: Vec<usize> = (0..core.config.max_workers)
         .filter(|&index| counters.worker(index).alive.load(SeqCst))
         .collect();
+    // Atomics first; the probe reads `/proc`, only once every worker is
+    // inside a long poll.
+    let long_poll = |&index: &usize| counters.polling_for(index) >= Some(BLOCKED_AFTER);
+    if !running.iter().all(long_poll) {
+        return 0;
+    }
+    spares.stalls.fetch_add(1, Relaxed);
     let room = spares.ceiling.load(SeqCst).saturating_sub(running.len());
     if room == 0 || !running.iter().all(|&index| counters.blocked(index)) {
         return 0;
