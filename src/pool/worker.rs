@@ -178,9 +178,12 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> bool {
         })
         .await
     });
-    // Only after an abort can jobs be left in closed queues.
-    while let Some(envelope) = queues.try_take() {
-        state.reject(envelope, Failure::ShutDown);
+    // Only after an abort can jobs be left in closed queues. (A spare that
+    // retires leaves the open queue to the others.)
+    if !retired {
+        while let Some(envelope) = queues.try_take() {
+            state.reject(envelope, Failure::ShutDown);
+        }
     }
     // Tasks still in the set (none after a clean drain) are dropped here, on
     // this thread, before the services they may point to. Their bodies end
