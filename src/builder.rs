@@ -1,6 +1,7 @@
 //! The builder of a [`ThreadAffinityLayer`].
 
 use std::hash::{BuildHasher, Hash};
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +32,9 @@ pub enum Overload {
 ///
 /// | setting                      | default                       | bounds                                        |
 /// |------------------------------|-------------------------------|-----------------------------------------------|
-/// | [`workers`](Self::workers)   | available parallelism         | threads in the pool                           |
+/// | [`workers`](Self::workers)   | available parallelism         | core threads, always running                  |
+/// | [`max_workers`](Self::max_workers) | 64 (at least `workers`) | threads while handlers block (spares)       |
+/// | [`keep_alive`](Self::keep_alive) | 10 s                      | idle time before a spare retires              |
 /// | [`queue_capacity`](Self::queue_capacity) | 1024              | requests waiting for a worker                 |
 /// | [`overload`](Self::overload) | [`Overload::Wait`]            | a full queue: wait in `poll_ready`, or `503`  |
 /// | [`queue_timeout`](Self::queue_timeout) | none                | longest wait in a queue before a `503`        |
@@ -43,14 +46,23 @@ pub enum Overload {
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct Builder {
     config: Config,
+    // `None`: the default, raised to `workers` if that is more.
+    max_workers: Option<usize>,
 }
+
+/// The default [`Builder::max_workers`].
+const DEFAULT_MAX_WORKERS: usize = 64;
 
 impl Builder {
     pub(crate) fn new() -> Self {
         let workers = std::thread::available_parallelism().map_or(1, usize::from);
         Self {
+            max_workers: None,
             config: Config {
                 workers,
+                max_workers: workers,
+                keep_alive: Duration::from_secs(10),
+                spawn_limit: None,
                 queue_capacity: 1024,
                 max_streams_per_worker: 256,
                 body_buffer: 8,
@@ -65,7 +77,12 @@ impl Builder {
         }
     }
 
-    /// How many worker threads the pool runs.
+    /// How many core worker threads the pool runs: they start with the pool
+    /// and run until it shuts down. Requests with an
+    /// [`affinity_key`](Self::affinity_key) hash over these only, so a
+    /// key's worker never changes. More threads (spares, up to
+    /// [`max_workers`](Self::max_workers)) start only while these are
+    /// blocked.
     ///
     /// # Panics
     ///
@@ -73,6 +90,63 @@ impl Builder {
     pub fn workers(mut self, n: usize) -> Self {
         assert!(n > 0, "tower-affinity: workers must be at least 1");
         self.config.workers = n;
+        self
+    }
+
+    /// The most worker threads the pool runs: the core
+    /// [`workers`](Self::workers) and spare ones. Default 64, and never
+    /// fewer than `workers`; `max_workers(n)` with `n <= workers` gives a
+    /// fixed pool of `workers` threads.
+    ///
+    /// A spare starts when unkeyed requests wait and every running worker
+    /// is **blocked in user code**: inside one poll of a handler, future or
+    /// body for over a millisecond and off the CPU (sleeping on a lock, a
+    /// socket, a database; read from the scheduler on Linux, while
+    /// elsewhere any poll longer than 20 ms counts). So a handler that
+    /// waits on I/O gets up to `max_workers` threads, as with
+    /// `spawn_blocking`, while CPU-bound or quick handlers never grow the
+    /// pool. A spare is a full worker (its own runtime, hooks,
+    /// [`WorkerId`], interleaving) that serves unkeyed requests only, and
+    /// retires after [`keep_alive`](Self::keep_alive) without work.
+    ///
+    /// **Each spare holds its own instance of every wrapped service** (its
+    /// own clone, or one built by the
+    /// [`service_with`](crate::ThreadAffinityLayer::service_with) factory),
+    /// so `max_workers` is also the ceiling on per-thread resources: with a
+    /// database connection per instance, keep it within the database's
+    /// connection limit (minus what other processes need). A spare's
+    /// instances are built on its thread when it first serves each service
+    /// and dropped there when it retires.
+    ///
+    /// If the operating system refuses a thread, the pool keeps serving
+    /// with the threads it has and lowers this ceiling to them (see
+    /// [`Stats::spawn_failures`](crate::Stats::spawn_failures)).
+    ///
+    /// ```
+    /// use tower_affinity::ThreadAffinityLayer;
+    /// // 4 threads always; up to 32 while handlers wait on the database.
+    /// let layer = ThreadAffinityLayer::builder().workers(4).max_workers(32).build();
+    /// assert_eq!(layer.stats().max_workers(), 32);
+    /// ```
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.max_workers = Some(n);
+        self
+    }
+
+    /// How long a spare worker waits without work before it retires,
+    /// dropping its service instances on its thread. Default 10 s (as
+    /// tokio's blocking pool). Spares retire one at a time, at most one per
+    /// quarter of this; core workers never do.
+    pub fn keep_alive(mut self, idle: Duration) -> Self {
+        self.config.keep_alive = idle;
+        self
+    }
+
+    /// Test seam: thread spawns after the first `n` fail as if the
+    /// operating system had refused them.
+    #[doc(hidden)]
+    pub fn fail_spawns_after(mut self, n: usize) -> Self {
+        self.config.spawn_limit = Some(n);
         self
     }
 
@@ -256,8 +330,27 @@ impl Builder {
     ///
     /// # Panics
     ///
-    /// If a thread cannot be started.
+    /// If a thread cannot be started (the threads already started end
+    /// first); [`try_build`](Self::try_build) returns the error instead.
     pub fn build(self) -> ThreadAffinityLayer {
-        ThreadAffinityLayer::from_pool(Pool::start(self.config))
+        match self.try_build() {
+            Ok(layer) => layer,
+            Err(error) => panic!("tower-affinity: failed to start a worker thread: {error}"),
+        }
+    }
+
+    /// Starts the worker threads and returns the layer, or the operating
+    /// system's error if a core worker's thread cannot be started; the
+    /// threads already started then end.
+    ///
+    /// ```
+    /// let layer = tower_affinity::ThreadAffinityLayer::builder().workers(2).try_build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn try_build(mut self) -> io::Result<ThreadAffinityLayer> {
+        let max = self.max_workers.unwrap_or(DEFAULT_MAX_WORKERS);
+        self.config.max_workers = max.max(self.config.workers);
+        Pool::launch(self.config).map(ThreadAffinityLayer::from_pool)
     }
 }

@@ -16,8 +16,10 @@
 //! }
 //! ```
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+
+use crate::pool::probe;
 
 /// A snapshot of a pool: per-worker figures and pool totals.
 #[derive(Debug, Clone)]
@@ -27,12 +29,65 @@ pub struct Stats {
     admitted: u64,
     rejected: u64,
     timed_out: u64,
+    spares: SpareFigures,
+}
+
+/// Pool-wide figures about spare workers, as [`Counters::snapshot`] takes them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SpareFigures {
+    pub(crate) started: u64,
+    pub(crate) retired: u64,
+    pub(crate) stalls: u64,
+    pub(crate) spawn_failures: u64,
+    pub(crate) max_workers: usize,
 }
 
 impl Stats {
-    /// One entry per worker, by index.
+    /// One entry per worker slot that ever ran a thread, by index: the core
+    /// workers (`0..workers`), then the spares' slots (a slot is reused by
+    /// the next spare after one retires; see [`WorkerStats::is_alive`]), so
+    /// that totals summed over them count every thread's work.
     pub fn workers(&self) -> &[WorkerStats] {
         &self.workers
+    }
+
+    /// Worker threads running now: the core workers and the spares.
+    pub fn threads(&self) -> usize {
+        self.workers.iter().filter(|w| w.alive).count()
+    }
+
+    /// Spare workers started since the pool started (see
+    /// [`Builder::max_workers`](crate::Builder::max_workers)).
+    pub fn spares_started(&self) -> u64 {
+        self.spares.started
+    }
+
+    /// Spare workers that retired after their keep-alive.
+    pub fn spares_retired(&self) -> u64 {
+        self.spares.retired
+    }
+
+    /// Times the spare supervisor found unkeyed work waiting while every
+    /// running worker was inside one poll of user code for over a
+    /// millisecond. A spare starts from such a look only if they were all
+    /// [`blocked`](WorkerStats::blocked) (off the CPU) and the pool was
+    /// below [`max_workers`](Self::max_workers): many stalls and few
+    /// spares mean CPU-bound handlers, or a pool at its ceiling.
+    pub fn stalls(&self) -> u64 {
+        self.spares.stalls
+    }
+
+    /// Threads the operating system refused to start (spares, and
+    /// replacements of dead workers). Each one lowers
+    /// [`max_workers`](Self::max_workers) to the threads running then.
+    pub fn spawn_failures(&self) -> u64 {
+        self.spares.spawn_failures
+    }
+
+    /// The most worker threads the pool will run now: the configured
+    /// ceiling, lowered when a thread could not be started.
+    pub fn max_workers(&self) -> usize {
+        self.spares.max_workers
     }
 
     /// Requests waiting in the shared queue (each worker's own queue is in
@@ -62,6 +117,9 @@ impl Stats {
 #[derive(Debug, Clone)]
 pub struct WorkerStats {
     index: usize,
+    spare: bool,
+    alive: bool,
+    blocked: bool,
     queued: usize,
     active: usize,
     completed: u64,
@@ -74,6 +132,27 @@ impl WorkerStats {
     /// The worker's index.
     pub fn index(&self) -> usize {
         self.index
+    }
+
+    /// Whether this is a spare worker, started while the others were
+    /// blocked; it serves unkeyed requests only and retires when idle.
+    pub fn is_spare(&self) -> bool {
+        self.spare
+    }
+
+    /// Whether a thread runs in this slot now: `false` for a spare's slot
+    /// after it retired, or a core worker whose thread died and could not
+    /// be replaced.
+    pub fn is_alive(&self) -> bool {
+        self.alive
+    }
+
+    /// Whether the worker is blocked in user code: inside one poll for
+    /// longer than a millisecond and off the CPU (sleeping or waiting on
+    /// I/O, read from `/proc` on Linux; elsewhere, inside one poll for
+    /// longer than 20 ms). The signal that starts spare workers.
+    pub fn blocked(&self) -> bool {
+        self.blocked
     }
 
     /// Keyed requests waiting in this worker's own queue.
@@ -120,8 +199,15 @@ pub(crate) struct Counters {
 }
 
 /// One worker's live counters.
+// Aligned to two cache lines: each worker writes its own often.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub(crate) struct WorkerCounters {
+    /// The thread's kernel id, for the blocked probe; 0 if unknown.
+    pub(crate) tid: AtomicU64,
+    pub(crate) alive: AtomicBool,
+    /// Whether a thread ever ran in this slot.
+    pub(crate) used: AtomicBool,
     pub(crate) active: AtomicUsize,
     pub(crate) completed: AtomicU64,
     pub(crate) panicked: AtomicU64,
@@ -139,13 +225,29 @@ impl WorkerCounters {
 }
 
 impl Counters {
-    pub(crate) fn new(workers: usize) -> Self {
+    /// How long worker `index` has been inside its current poll.
+    pub(crate) fn polling_for(&self, index: usize) -> Option<Duration> {
+        let since = self.workers[index].busy_since.load(Relaxed);
+        (since != 0).then(|| Duration::from_nanos(self.now().saturating_sub(since)))
+    }
+
+    /// Whether worker `index` is blocked in user code (see [`probe`]).
+    pub(crate) fn blocked(&self, index: usize) -> bool {
+        let worker = &self.workers[index];
+        probe::blocked(worker.tid.load(Relaxed), self.polling_for(index))
+    }
+}
+
+impl Counters {
+    /// Counters for `slots` workers: the core workers and every spare the
+    /// pool may run, so that a spare needs no allocation (nor lock) here.
+    pub(crate) fn new(slots: usize) -> Self {
         Self {
             epoch: Instant::now(),
             admitted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),
-            workers: (0..workers).map(|_| WorkerCounters::default()).collect(),
+            workers: (0..slots).map(|_| WorkerCounters::default()).collect(),
         }
     }
 
@@ -165,24 +267,30 @@ impl Counters {
         }
     }
 
-    pub(crate) fn snapshot(&self, queued: usize, own_queued: impl Fn(usize) -> usize) -> Stats {
-        let now = self.now();
+    /// A snapshot of the core workers (`0..core`) and the running spares.
+    pub(crate) fn snapshot(
+        &self,
+        core: usize,
+        queued: usize,
+        own_queued: impl Fn(usize) -> usize,
+        spares: SpareFigures,
+    ) -> Stats {
         let workers = self
             .workers
             .iter()
             .enumerate()
-            .map(|(index, w)| {
-                let since = w.busy_since.load(Relaxed);
-                WorkerStats {
-                    index,
-                    queued: own_queued(index),
-                    active: w.active.load(Relaxed),
-                    completed: w.completed.load(Relaxed),
-                    panicked: w.panicked.load(Relaxed),
-                    replaced: w.replaced.load(Relaxed),
-                    current_poll: (since != 0)
-                        .then(|| Duration::from_nanos(now.saturating_sub(since))),
-                }
+            .filter(|(index, w)| *index < core || w.used.load(Relaxed))
+            .map(|(index, w)| WorkerStats {
+                index,
+                spare: index >= core,
+                alive: w.alive.load(Relaxed),
+                blocked: self.blocked(index),
+                queued: if index < core { own_queued(index) } else { 0 },
+                active: w.active.load(Relaxed),
+                completed: w.completed.load(Relaxed),
+                panicked: w.panicked.load(Relaxed),
+                replaced: w.replaced.load(Relaxed),
+                current_poll: self.polling_for(index),
             })
             .collect();
         Stats {
@@ -191,6 +299,7 @@ impl Counters {
             admitted: self.admitted.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             timed_out: self.timed_out.load(Relaxed),
+            spares,
         }
     }
 }

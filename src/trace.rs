@@ -3,7 +3,9 @@
 //! Events (target `tower_affinity`): `enqueued` and `rejected` on the
 //! caller's thread; `started`, `head sent`, `ended`, `cancelled` at `DEBUG`
 //! and `panicked` at `WARN` on the worker, inside the caller's span, which
-//! is carried to the worker with the request. Without the feature these
+//! is carried to the worker with the request. Pool events: `spare worker
+//! started` and `spare worker retired` at `INFO`, `could not start a worker
+//! thread` at `WARN`. Without the feature these
 //! compile to nothing.
 
 #[cfg(feature = "tracing")]
@@ -30,7 +32,19 @@ macro_rules! warning {
     };
 }
 
-pub(crate) use {debug, warning};
+#[cfg(feature = "tracing")]
+macro_rules! info {
+    ($($arg:tt)+) => { ::tracing::info!(target: "tower_affinity", $($arg)+) };
+}
+
+#[cfg(not(feature = "tracing"))]
+macro_rules! info {
+    ($($arg:tt)+) => {
+        ()
+    };
+}
+
+pub(crate) use {debug, info, warning};
 
 /// The caller's span, carried to the worker.
 #[cfg(feature = "tracing")]

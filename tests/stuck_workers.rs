@@ -104,6 +104,8 @@ impl Stuck {
 async fn the_queue_timeout_holds_while_the_only_worker_is_stuck() {
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
+        // No spare: every worker stays stuck.
+        .max_workers(1)
         .queue_timeout(Duration::from_millis(50))
         .build();
     let (svc, mut stuck) = stuck_service(&layer);
@@ -135,6 +137,8 @@ async fn the_queue_timeout_holds_while_the_only_worker_is_stuck() {
 async fn a_started_request_outlives_its_queue_timeout() {
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
+        // No spare: every worker stays stuck.
+        .max_workers(1)
         .queue_timeout(Duration::from_millis(20))
         .build();
     let (svc, mut stuck) = stuck_service(&layer);
@@ -164,7 +168,10 @@ async fn a_started_request_outlives_its_queue_timeout() {
 /// the handler returns, dropping its service instance on its own thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_timeout_returns_while_a_worker_is_stuck() {
-    let layer = ThreadAffinityLayer::new(1);
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(1)
+        .build();
     let (svc, mut stuck) = stuck_service(&layer);
     let blocked = tokio::spawn(svc.clone().oneshot(get("/block")));
     let worker = stuck.started().await;
@@ -219,6 +226,8 @@ async fn callers_racing_a_shutdown_are_told_it_is_shutting_down() {
     for _round in 0..20 {
         let layer = ThreadAffinityLayer::builder()
             .workers(1)
+            // No spare: every worker stays stuck.
+            .max_workers(1)
             .queue_capacity(1)
             .build();
         let (svc, mut stuck) = stuck_service(&layer);
@@ -258,6 +267,8 @@ async fn callers_racing_a_shutdown_are_told_it_is_shutting_down() {
 async fn keyed_requests_do_not_wait_for_the_shared_queue() {
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
+        // No spare: every worker stays stuck.
+        .max_workers(1)
         .queue_capacity(1)
         .affinity_header(http::HeaderName::from_static("x-key"))
         .build();

@@ -1,21 +1,30 @@
 //! Which workers are waiting for work, and how a new job wakes one.
 //!
-//! A worker's event loop, finding its queues empty, leaves its waker here
-//! and re-checks the queues (a job queued in between would otherwise wait
-//! for the next one). Queuing a job wakes one waiting worker: for a keyed
-//! job, its own; for an unkeyed one, preferably a worker that is not inside
-//! a poll of user code.
+//! Each worker slot has one bit in `bits`, set while its event loop waits
+//! for a job, and the event loop's waker in `wakers`, stored once when the
+//! loop starts (the waker of a thread's event loop does not change). So
+//! registering is one `fetch_or` on the worker's side, and waking is one
+//! `fetch_and` that claims a bit, then a wake: no list to scan, no lock
+//! shared between workers. With up to 64 workers the whole idle set is one
+//! word; each further 64 workers add one word to look at.
 //!
-//! Why not the queue's own notification: a worker can wait on the queue
-//! and then, in the same turn of its event loop, block in a handler. A
-//! notification handed to it would sit there while another worker idles.
-//! Here the submitter sees that the worker is busy (its watchdog mark is
-//! set) and wakes an idle one instead.
+//! The worker side is [`Idle::take`], the code the event loop runs (the
+//! loom models below run it too): take a job; else, unless still registered
+//! from an earlier poll, register and look once more. Registration
+//! outlives the poll that made it: a worker woken for nothing (a local task
+//! woke its loop) finds its bit still set and just waits on.
 //!
-//! Ordering: the submitter queues the job, then reads `waiting`; the worker
-//! registers in `waiting`, then re-reads the queue. With a `SeqCst` fence
-//! on both sides, at least one of them sees the other's write, so a job is
-//! never left with every worker asleep.
+//! Ordering: the submitter queues the job, then reads `bits`; the worker
+//! sets its bit, then re-reads the queue. With a `SeqCst` fence on both
+//! sides, at least one of them sees the other's write, so a job is never
+//! left with every worker asleep. A submitter claims a bit by clearing it:
+//! two submitters never wake one worker for two jobs while another sleeps.
+//!
+//! A woken worker is not always free: it may have registered, then, in the
+//! same turn of its runtime, run a local task that blocks in a handler. So
+//! an unkeyed job prefers a waiting worker that is not inside a poll of
+//! user code, and a worker that takes a job and sees more left in the
+//! shared queue wakes another waiting worker for it (the baton).
 
 use std::sync::atomic::Ordering::SeqCst;
 use std::task::Waker;
@@ -24,166 +33,193 @@ use std::task::Waker;
 // interleaving of the hand-off below (see the tests at the end).
 #[cfg(tower_affinity_loom)]
 use loom::sync::{
-    atomic::{fence, AtomicUsize},
+    atomic::{fence, AtomicU64},
     Mutex,
 };
 #[cfg(not(tower_affinity_loom))]
 use std::sync::{
-    atomic::{fence, AtomicUsize},
+    atomic::{fence, AtomicU64},
     Mutex,
 };
 
+/// The worker's view of its queues, as [`Idle::take`] needs it.
+pub(crate) trait Source {
+    type Job;
+    /// The next job for this worker, if any.
+    fn try_take(&self) -> Option<Self::Job>;
+    /// Whether no job will ever come: the queues closed and drained.
+    fn finished(&self) -> bool;
+    /// Whether unkeyed work is still waiting, after this worker took a job.
+    fn more_shared(&self) -> bool;
+}
+
+/// What [`Idle::take`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Taken<J> {
+    Job(J),
+    /// Nothing yet; the worker is registered and will be woken.
+    Waiting,
+    /// The queues closed and drained.
+    Finished,
+}
+
 #[derive(Debug)]
 pub(crate) struct Idle {
-    /// The waker of each worker whose event loop waits for work, by index.
-    wakers: Mutex<Vec<Option<Waker>>>,
-    /// How many of `wakers` are set, to skip the lock when none is.
-    waiting: AtomicUsize,
+    /// One bit per worker slot, set while its event loop waits for work.
+    bits: Box<[AtomicU64]>,
+    /// Each slot's event-loop waker. Locked by its worker when the loop
+    /// starts and by a submitter that claimed the slot's bit: never
+    /// contended between workers.
+    wakers: Box<[Mutex<Option<Waker>>]>,
+}
+
+#[cfg(not(tower_affinity_loom))]
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(tower_affinity_loom)]
+fn lock<T>(mutex: &Mutex<T>) -> loom::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap()
+}
+
+fn split(index: usize) -> (usize, u64) {
+    (index / 64, 1 << (index % 64))
 }
 
 impl Idle {
-    pub(crate) fn new(workers: usize) -> Self {
+    pub(crate) fn new(slots: usize) -> Self {
         Self {
-            wakers: Mutex::new(vec![None; workers]),
-            waiting: AtomicUsize::new(0),
+            bits: (0..slots.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            wakers: (0..slots).map(|_| Mutex::new(None)).collect(),
         }
     }
 
-    /// Worker `index` waits for work; the caller re-checks its queues after.
-    pub(crate) fn wait(&self, index: usize, waker: &Waker) {
-        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
-        match &mut wakers[index] {
-            Some(old) => old.clone_from(waker),
-            slot @ None => {
-                *slot = Some(waker.clone());
-                self.waiting.fetch_add(1, SeqCst);
+    /// Stores the waker of slot `index`'s event loop (or clears it, at
+    /// exit). Called when the loop starts, and whenever its waker changes.
+    pub(crate) fn set_waker(&self, index: usize, waker: Option<&Waker>) {
+        *lock(&self.wakers[index]) = waker.cloned();
+    }
+
+    fn wake_slot(&self, index: usize) {
+        // Under the slot's lock, which only its own worker also takes (when
+        // its loop starts or ends): a wake is an unpark, no user code.
+        if let Some(waker) = &*lock(&self.wakers[index]) {
+            waker.wake_by_ref();
+        }
+    }
+
+    /// Whether slot `index` is registered as waiting.
+    pub(crate) fn is_waiting(&self, index: usize) -> bool {
+        let (word, bit) = split(index);
+        self.bits[word].load(SeqCst) & bit != 0
+    }
+
+    /// Whether any worker waits.
+    pub(crate) fn anyone_waiting(&self) -> bool {
+        self.bits.iter().any(|word| word.load(SeqCst) != 0)
+    }
+
+    /// Slot `index` leaves the idle set; `true` if it was there and no
+    /// submitter had claimed it (a claim means a wake is on its way for a
+    /// job: a worker about to retire must take that job instead).
+    pub(crate) fn leave(&self, index: usize) -> bool {
+        let (word, bit) = split(index);
+        self.bits[word].load(SeqCst) & bit != 0
+            && self.bits[word].fetch_and(!bit, SeqCst) & bit != 0
+    }
+
+    /// The worker side of the hand-off, run by worker `index`'s event loop
+    /// each time it is polled with room for a job.
+    pub(crate) fn take<Q: Source>(
+        &self,
+        index: usize,
+        queues: &Q,
+        busy: impl Fn(usize) -> bool,
+    ) -> Taken<Q::Job> {
+        let mut registered_now = false;
+        loop {
+            if let Some(job) = queues.try_take() {
+                self.leave(index);
+                if queues.more_shared() {
+                    // This worker may block in the job it just took: the
+                    // work it leaves behind needs another worker.
+                    self.wake_any(busy);
+                }
+                return Taken::Job(job);
             }
-        }
-        drop(wakers);
-        fence(SeqCst);
-    }
-
-    /// Worker `index` found work: it is no longer waiting.
-    pub(crate) fn found(&self, index: usize) {
-        if self.waiting.load(SeqCst) == 0 {
-            return;
-        }
-        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
-        if wakers[index].take().is_some() {
-            self.waiting.fetch_sub(1, SeqCst);
+            if queues.finished() {
+                self.leave(index);
+                return Taken::Finished;
+            }
+            // Still registered (from this poll or an earlier one, not
+            // claimed since): any job queued after the bit was set claims
+            // a waiting worker.
+            if registered_now || self.is_waiting(index) {
+                return Taken::Waiting;
+            }
+            // Register, then look once more: a job queued in between found
+            // no one waiting.
+            let (word, bit) = split(index);
+            self.bits[word].fetch_or(bit, SeqCst);
+            fence(SeqCst);
+            registered_now = true;
         }
     }
 
     /// Wakes worker `index`, if it waits, for a job in its own queue.
-    pub(crate) fn wake(&self, index: usize) {
-        self.wake_by(|wakers| wakers[index].is_some().then_some(index));
+    pub(crate) fn wake(&self, index: usize) -> bool {
+        // Pairs with the fence in `take`: the job is queued before this read.
+        fence(SeqCst);
+        if self.leave(index) {
+            self.wake_slot(index);
+            return true;
+        }
+        false
     }
 
     /// Wakes one waiting worker for a job in the shared queue, preferring
-    /// one for which `busy` is false.
-    pub(crate) fn wake_any(&self, busy: impl Fn(usize) -> bool) {
-        self.wake_by(|wakers| {
-            let mut waiting = (0..wakers.len()).filter(|&i| wakers[i].is_some());
-            let first = waiting.clone().next();
-            waiting.find(|&i| !busy(i)).or(first)
-        });
-    }
-
-    /// Wakes every waiting worker: the queues closed.
-    pub(crate) fn wake_all(&self) {
-        let wakers: Vec<Waker> = {
-            let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
-            self.waiting.store(0, SeqCst);
-            wakers.iter_mut().filter_map(Option::take).collect()
-        };
-        wakers.into_iter().for_each(Waker::wake);
-    }
-
-    fn wake_by(&self, pick: impl FnOnce(&[Option<Waker>]) -> Option<usize>) {
-        // Pairs with the fence in `wait`: the job is queued before this read.
+    /// one for which `busy` is false; `false` if none waits.
+    pub(crate) fn wake_any(&self, busy: impl Fn(usize) -> bool) -> bool {
         fence(SeqCst);
-        if self.waiting.load(SeqCst) == 0 {
-            return;
+        for (w, word) in self.bits.iter().enumerate() {
+            loop {
+                let set = word.load(SeqCst);
+                if set == 0 {
+                    break;
+                }
+                // The lowest waiting worker that is not busy, else the
+                // lowest waiting one: only busy ones cost a look each.
+                let mut free = set;
+                while free != 0 && busy(w * 64 + free.trailing_zeros() as usize) {
+                    free &= free - 1;
+                }
+                let pick = if free != 0 { free } else { set };
+                let bit = pick & pick.wrapping_neg();
+                // Claim it; another submitter may have been first.
+                if word.fetch_and(!bit, SeqCst) & bit != 0 {
+                    self.wake_slot(w * 64 + bit.trailing_zeros() as usize);
+                    return true;
+                }
+            }
         }
-        let waker = {
-            let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(index) = pick(&wakers) else { return };
-            self.waiting.fetch_sub(1, SeqCst);
-            wakers[index].take()
-        };
-        // Outside the lock: waking may run code (an unpark, a reschedule).
-        if let Some(waker) = waker {
-            waker.wake();
+        false
+    }
+
+    /// Wakes every worker's event loop, waiting or not: the queues closed,
+    /// or shutdown is aborting.
+    pub(crate) fn wake_all(&self) {
+        for word in self.bits.iter() {
+            word.store(0, SeqCst);
+        }
+        for index in 0..self.wakers.len() {
+            self.wake_slot(index);
         }
     }
 }
 
-/// The hand-off, model-checked: run with
-/// `RUSTFLAGS="--cfg tower_affinity_loom" cargo test --lib --release loom`.
 #[cfg(all(test, tower_affinity_loom))]
-mod loom_tests {
-    use std::sync::Arc;
-    use std::task::{Wake, Waker};
-
-    use loom::sync::atomic::{AtomicBool, AtomicUsize};
-    use loom::thread;
-
-    use super::*;
-
-    /// A waker that records that it was woken.
-    struct Flag(AtomicBool);
-
-    impl Wake for Flag {
-        fn wake(self: Arc<Self>) {
-            self.0.store(true, SeqCst);
-        }
-    }
-
-    /// A worker that finds the queue empty, registers and looks again; a
-    /// submitter that queues a job, then wakes a waiting worker. Whatever
-    /// the interleaving, the worker sees the job or is woken: no job is
-    /// left with every worker asleep. The queue is modelled by a counter
-    /// with relaxed operations: the fences alone must make this hold.
-    #[test]
-    fn a_queued_job_is_seen_or_wakes_the_worker() {
-        loom::model(|| {
-            let idle = Arc::new(Idle::new(2));
-            let queued = Arc::new(AtomicUsize::new(0));
-            let submitter = {
-                let (idle, queued) = (idle.clone(), queued.clone());
-                thread::spawn(move || {
-                    queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    idle.wake_any(|_| false);
-                })
-            };
-            let flag = Arc::new(Flag(AtomicBool::new(false)));
-            let waker = Waker::from(flag.clone());
-            let seen = queued.load(std::sync::atomic::Ordering::Relaxed) > 0 || {
-                idle.wait(0, &waker);
-                queued.load(std::sync::atomic::Ordering::Relaxed) > 0
-            };
-            submitter.join().unwrap();
-            assert!(seen || flag.0.load(SeqCst), "the job was missed");
-        });
-    }
-
-    /// A keyed job wakes its own worker, and only that one.
-    #[test]
-    fn a_keyed_job_wakes_its_worker() {
-        loom::model(|| {
-            let idle = Arc::new(Idle::new(2));
-            let flags: Vec<_> = (0..2)
-                .map(|_| Arc::new(Flag(AtomicBool::new(false))))
-                .collect();
-            idle.wait(0, &Waker::from(flags[0].clone()));
-            idle.wait(1, &Waker::from(flags[1].clone()));
-            let submitter = {
-                let idle = idle.clone();
-                thread::spawn(move || idle.wake(1))
-            };
-            submitter.join().unwrap();
-            assert!(!flags[0].0.load(SeqCst));
-            assert!(flags[1].0.load(SeqCst));
-        });
-    }
-}
+#[path = "idle_loom.rs"]
+mod loom_tests;

@@ -5,6 +5,12 @@
 //! started and exit. [`shutdown`](crate::ThreadAffinityLayer::shutdown)
 //! moves to `Draining` first, so queued requests are served too; past its
 //! deadline, `Aborting` makes workers drop what they hold at once.
+//!
+//! The event loop checks for an abort on every poll, so that check is one
+//! atomic load; the pool wakes every event loop after setting it (see
+//! `Idle::wake_all`).
+
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
 use tokio::sync::watch;
 
@@ -26,14 +32,18 @@ impl Phase {
 #[derive(Debug)]
 pub(crate) struct Lifecycle {
     phase: watch::Sender<Phase>,
+    aborting: AtomicBool,
     alive: watch::Sender<usize>,
 }
 
 impl Lifecycle {
-    pub(crate) fn new(workers: usize) -> Self {
+    /// A pool whose threads are about to start: each is counted alive
+    /// with [`spawning`](Self::spawning).
+    pub(crate) fn new() -> Self {
         Self {
             phase: watch::Sender::new(Phase::Running),
-            alive: watch::Sender::new(workers),
+            aborting: AtomicBool::new(false),
+            alive: watch::Sender::new(0),
         }
     }
 
@@ -51,17 +61,33 @@ impl Lifecycle {
         });
     }
 
+    /// Moves to `Aborting`; the caller then wakes every event loop.
     pub(crate) fn abort(&self) {
+        self.aborting.store(true, SeqCst);
         self.phase.send_replace(Phase::Aborting);
     }
 
-    /// Resolves once the phase is `Aborting`.
-    pub(crate) async fn aborted(&self) {
-        let mut phase = self.phase.subscribe();
-        let _ = phase.wait_for(|phase| *phase == Phase::Aborting).await;
+    /// Whether shutdown is aborting: one atomic load.
+    pub(crate) fn is_aborting(&self) -> bool {
+        self.aborting.load(SeqCst)
     }
 
-    /// Called by each worker thread as it ends for good.
+    /// Counts a thread about to start, unless `closed()` says the pool is
+    /// closing. Checked under the count's lock, so a thread is never
+    /// counted after `all_exited` may have resolved: the queues close
+    /// before the last thread can exit.
+    pub(crate) fn spawning(&self, closed: impl FnOnce() -> bool) -> bool {
+        let mut counted = false;
+        self.alive.send_if_modified(|alive| {
+            counted = !closed();
+            *alive += usize::from(counted);
+            counted
+        });
+        counted
+    }
+
+    /// Called by each worker thread as it ends for good (or by the pool for
+    /// a thread that could not be started).
     pub(crate) fn exited(&self) {
         self.alive.send_modify(|alive| *alive -= 1);
     }

@@ -15,6 +15,13 @@
 //! nothing to do waits in the idle list (`idle`), where the submitter of
 //! the next job finds it and wakes it.
 //!
+//! The pool runs `workers` core threads, and spare ones up to
+//! `max_workers` while every running worker is blocked in user code and
+//! unkeyed work waits (`spare`, `probe`). Every per-worker structure (the
+//! counters, the idle list) has a slot for each thread the pool may run,
+//! made when it starts, so spares come and go without a lock or an
+//! allocation on the request path. Keys hash over the core workers only.
+//!
 //! Admission is counted by a semaphore of `queue_capacity` permits: a
 //! caller takes a permit in `poll_ready` (or `call`, under the reject
 //! policy), it travels with the job, and it is released when a worker takes
@@ -23,26 +30,33 @@
 
 mod idle;
 mod lifecycle;
+mod load;
+pub(crate) mod probe;
+mod spare;
 mod task;
 mod unwind;
 mod worker;
 
 use std::fmt;
 use std::hash::RandomState;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_channel::{Receiver, Sender, TrySendError};
+use async_channel::{Sender, TrySendError};
 use http::request::Parts;
 use http::Request;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+pub(crate) use self::load::Active;
 pub(crate) use self::task::Call;
-pub(crate) use self::worker::{Active, WorkerState};
+pub(crate) use self::worker::WorkerState;
 
-use self::idle::Idle;
+use self::idle::{Idle, Source};
 use self::lifecycle::Lifecycle;
+use self::spare::Spares;
+use self::worker::Queues;
 use crate::error::Failure;
 use crate::stats::{Counters, Stats};
 use crate::trace;
@@ -59,6 +73,11 @@ pub(crate) type Hook = Arc<dyn Fn(&WorkerId) + Send + Sync>;
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) workers: usize,
+    /// At least `workers` (the builder makes sure).
+    pub(crate) max_workers: usize,
+    pub(crate) keep_alive: Duration,
+    /// Test seam: thread spawns past this many fail.
+    pub(crate) spawn_limit: Option<usize>,
     pub(crate) queue_capacity: usize,
     pub(crate) max_streams_per_worker: usize,
     pub(crate) body_buffer: usize,
@@ -75,6 +94,8 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("workers", &self.workers)
+            .field("max_workers", &self.max_workers)
+            .field("keep_alive", &self.keep_alive)
             .field("queue_capacity", &self.queue_capacity)
             .field("max_streams_per_worker", &self.max_streams_per_worker)
             .field("body_buffer", &self.body_buffer)
@@ -113,33 +134,21 @@ pub(crate) struct Envelope {
     enqueued: Option<Instant>,
 }
 
-/// The receiving ends a worker takes jobs from.
-#[derive(Clone)]
-pub(crate) struct Queues {
-    own: Receiver<Envelope>,
-    shared: Receiver<Envelope>,
-}
-
-impl Queues {
-    /// The next job, from the worker's own queue first: keyed requests
-    /// keep their order.
-    fn try_recv(&self) -> Option<Envelope> {
-        self.own.try_recv().or_else(|_| self.shared.try_recv()).ok()
-    }
-}
-
 /// What the pool's handles and its worker threads share.
 pub(crate) struct Core {
     pub(crate) config: Config,
     pub(crate) counters: Counters,
     pub(crate) lifecycle: Lifecycle,
     pub(crate) idle: Idle,
+    pub(crate) spares: Spares,
     /// Tells this pool's worker threads from another pool's.
     pub(crate) id: u64,
     /// How many wrapped services have lost their last handle. A worker that
     /// sees it move drops its instances of those services (see
     /// `WorkerState::sweep_retired`).
     pub(crate) retired: AtomicU64,
+    /// Thread spawns left before the test seam refuses them.
+    spawns_left: AtomicUsize,
 }
 
 impl Core {
@@ -150,15 +159,23 @@ impl Core {
         self.retired.fetch_add(1, Ordering::Release);
         self.idle.wake_all();
     }
+
+    /// Whether the test seam lets one more thread start.
+    fn may_spawn(&self) -> bool {
+        self.spawns_left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
 }
 
 /// A handle on the pool; the threads stop when the last handle is dropped.
 #[derive(Clone)]
 pub(crate) struct Pool {
-    inner: Arc<Inner>,
+    inner: Arc<Dispatch>,
 }
 
-struct Inner {
+/// The request side of the pool: the queues' senders and admission.
+struct Dispatch {
     // The only senders: dropping them closes the queues, which tells the
     // workers to answer what is still queued with 503 and exit.
     shared: Sender<Envelope>,
@@ -175,20 +192,19 @@ struct Inner {
 }
 
 impl Pool {
-    /// Starts `config.workers` threads.
-    ///
-    /// # Panics
-    ///
-    /// When the operating system refuses to start a thread.
-    pub(crate) fn start(config: Config) -> Self {
+    /// Starts `config.workers` threads (and the spares' supervisor, when
+    /// the pool may grow); on failure, the threads already started end.
+    pub(crate) fn launch(config: Config) -> io::Result<Self> {
         static POOLS: AtomicU64 = AtomicU64::new(0);
         let (shared, shared_rx) = async_channel::bounded(config.queue_capacity);
         let core = Arc::new(Core {
-            counters: Counters::new(config.workers),
-            lifecycle: Lifecycle::new(config.workers),
-            idle: Idle::new(config.workers),
+            counters: Counters::new(config.max_workers),
+            lifecycle: Lifecycle::new(),
+            idle: Idle::new(config.max_workers),
+            spares: Spares::new(&config),
             id: POOLS.fetch_add(1, Ordering::Relaxed),
             retired: AtomicU64::new(0),
+            spawns_left: AtomicUsize::new(config.spawn_limit.unwrap_or(usize::MAX)),
             config,
         });
         // A worker's own queue only ever holds keyed requests: without a key
@@ -198,29 +214,38 @@ impl Pool {
             Some(_) => core.config.queue_capacity,
             None => 1,
         };
-        let (own, queues) = (0..core.config.workers)
-            .map(|index| {
-                let (tx, rx) = async_channel::bounded(own_capacity);
-                let queues = Queues {
-                    own: rx,
-                    shared: shared_rx.clone(),
-                };
-                worker::spawn(index, queues.clone(), core.clone())
-                    .expect("tower-affinity: failed to spawn a worker thread");
-                (tx, queues)
-            })
+        let (own, own_rx): (Vec<_>, Vec<_>) = (0..core.config.workers)
+            .map(|_| async_channel::bounded(own_capacity))
             .unzip();
-        Self {
-            inner: Arc::new(Inner {
-                shared,
-                own,
-                queues,
-                admission: Arc::new(Semaphore::new(core.config.queue_capacity)),
-                seed: RandomState::new(),
-                next_service: AtomicU64::new(0),
-                core,
-            }),
+        let queues: Vec<Queues> = own_rx
+            .into_iter()
+            .map(|rx| Queues::core(rx, shared_rx.clone()))
+            .collect();
+        // Made before the threads: if one fails to start, dropping this
+        // closes the queues, and the threads already started end.
+        let dispatch = Dispatch {
+            shared,
+            own,
+            queues: queues.clone(),
+            admission: Arc::new(Semaphore::new(core.config.queue_capacity)),
+            seed: RandomState::new(),
+            next_service: AtomicU64::new(0),
+            core: core.clone(),
+        };
+        for (index, queues) in queues.into_iter().enumerate() {
+            core.lifecycle.spawning(|| false);
+            let counters = core.counters.worker(index);
+            counters.alive.store(true, Ordering::SeqCst);
+            if let Err(error) = worker::spawn(index, queues, core.clone()) {
+                counters.alive.store(false, Ordering::SeqCst);
+                core.lifecycle.exited();
+                return Err(error);
+            }
         }
+        Spares::supervise(&core, shared_rx);
+        Ok(Self {
+            inner: Arc::new(dispatch),
+        })
     }
 
     pub(crate) fn config(&self) -> &Config {
@@ -292,10 +317,17 @@ impl Pool {
         match queue.try_send(envelope) {
             Ok(()) => {
                 counters.admitted.fetch_add(1, Ordering::Relaxed);
-                let idle = &self.inner.core.idle;
+                let core = &self.inner.core;
                 match worker {
-                    Some(index) => idle.wake(index),
-                    None => idle.wake_any(|index| counters.worker(index).is_polling()),
+                    Some(index) => {
+                        core.idle.wake(index);
+                    }
+                    None => {
+                        if !core.idle.wake_any(|i| counters.worker(i).is_polling()) {
+                            // Every worker is busy: maybe blocked.
+                            core.spares.nudge();
+                        }
+                    }
                 }
                 Ok(())
             }
@@ -311,10 +343,12 @@ impl Pool {
 
     pub(crate) fn stats(&self) -> Stats {
         let inner = &self.inner;
-        inner
-            .core
-            .counters
-            .snapshot(inner.shared.len(), |index| inner.own[index].len())
+        inner.core.counters.snapshot(
+            inner.own.len(),
+            inner.shared.len(),
+            |index| inner.own[index].len(),
+            inner.core.spares.figures(),
+        )
     }
 
     /// Stops admitting, serves what was admitted, and waits for the threads
@@ -337,11 +371,13 @@ impl Pool {
             return ShutdownReport::complete();
         }
         lifecycle.abort();
+        // Parked workers see the abort only when woken.
+        self.inner.core.idle.wake_all();
         // A worker stuck in a handler cannot answer its queue: answer here.
         // Each job leaves a queue once, so this and the workers never both
         // answer one.
         for queues in &self.inner.queues {
-            while let Some(envelope) = queues.try_recv() {
+            while let Some(envelope) = queues.try_take() {
                 self.inner
                     .core
                     .counters
@@ -355,8 +391,12 @@ impl Pool {
         // return, dropping what they hold on their own thread.
         let _ = tokio::time::timeout(ABORT_GRACE, lifecycle.all_exited()).await;
         let counters = &self.inner.core.counters;
-        let stuck: Vec<usize> = (0..self.inner.own.len())
-            .filter(|&index| counters.worker(index).is_polling())
+        // Spares included: a stuck spare holds its thread as a core worker does.
+        let stuck: Vec<usize> = (0..self.inner.core.config.max_workers)
+            .filter(|&index| {
+                let worker = counters.worker(index);
+                worker.alive.load(Ordering::SeqCst) && worker.is_polling()
+            })
             .collect();
         if !stuck.is_empty() {
             trace::warning!(
@@ -372,8 +412,8 @@ impl Pool {
 /// that are not stuck in user code to end.
 pub(crate) const ABORT_GRACE: Duration = Duration::from_millis(100);
 
-impl Inner {
-    /// Closes the queues and wakes the waiting workers to see it.
+impl Dispatch {
+    /// Closes the queues and wakes the workers and the supervisor to see it.
     fn close(&self) {
         // The queues first: a caller that wakes in `poll_ready` because
         // admission closed must find them closed too, and so be told
@@ -384,10 +424,11 @@ impl Inner {
         }
         self.admission.close();
         self.core.idle.wake_all();
+        self.core.spares.stop();
     }
 }
 
-impl Drop for Inner {
+impl Drop for Dispatch {
     fn drop(&mut self) {
         self.close();
     }

@@ -7,6 +7,11 @@
 //! future and body are ready at once (the common case) never pays for a
 //! spawned task. A task that waits (for its inner future, or for room in its
 //! response's buffer) yields, and the thread serves the others meanwhile.
+//!
+//! With nothing to take, the loop registers in the idle list and the thread
+//! parks in its runtime: no spinning. On 2 cores, yielding the CPU a few
+//! times before parking cost the threads that had work more than the
+//! wake-ups it saved, and more so the more workers there were.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -14,33 +19,88 @@ use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
-use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::{io, thread};
 
+use async_channel::Receiver;
+use tokio::time::Sleep;
+
+use super::idle::{Source, Taken};
+use super::load::Load;
+// Re-exported for `task.rs`, which imports it from here.
+pub(crate) use super::load::Active;
 use super::unwind::guard;
-use super::{Core, Envelope, Queues};
+use super::{probe, Core, Envelope};
 use crate::error::Failure;
-use crate::stats::WorkerCounters;
 use crate::WorkerId;
 
 /// The task serving one request, local to its worker.
 pub(crate) type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
 
+/// The receiving ends a worker takes jobs from.
+#[derive(Clone)]
+pub(crate) struct Queues {
+    /// A core worker's own queue, for keyed jobs; spares have none.
+    own: Option<Receiver<Envelope>>,
+    shared: Receiver<Envelope>,
+}
+
+impl Queues {
+    pub(super) fn core(own: Receiver<Envelope>, shared: Receiver<Envelope>) -> Self {
+        Self {
+            own: Some(own),
+            shared,
+        }
+    }
+
+    pub(super) fn spare(shared: Receiver<Envelope>) -> Self {
+        Self { own: None, shared }
+    }
+}
+
+impl Source for Queues {
+    type Job = Envelope;
+
+    /// From the worker's own queue first: keyed requests keep their order.
+    fn try_take(&self) -> Option<Envelope> {
+        let own = self.own.as_ref().and_then(|own| own.try_recv().ok());
+        own.or_else(|| self.shared.try_recv().ok())
+    }
+
+    fn finished(&self) -> bool {
+        let own_done = self
+            .own
+            .as_ref()
+            .is_none_or(|own| own.is_closed() && own.is_empty());
+        own_done && self.shared.is_closed() && self.shared.is_empty()
+    }
+
+    fn more_shared(&self) -> bool {
+        !self.shared.is_empty()
+    }
+}
+
 /// Starts worker `index` on a new thread.
 pub(super) fn spawn(index: usize, queues: Queues, core: Arc<Core>) -> io::Result<()> {
+    if !core.may_spawn() {
+        return Err(io::Error::other(
+            "tower-affinity: thread spawn refused (test seam)",
+        ));
+    }
     let name = format!("{}-{}", core.config.thread_name, index);
     let id = WorkerId::new(core.id, index, name.as_str().into());
     thread::Builder::new()
         .name(name)
         .spawn(move || {
-            let exit = Exit {
+            let mut exit = Exit {
                 index,
                 queues: queues.clone(),
                 core: core.clone(),
+                retired: false,
             };
-            run(id, &queues, &core);
+            exit.retired = run(id, &queues, &core);
             drop(exit);
         })
         .map(drop)
@@ -48,31 +108,50 @@ pub(super) fn spawn(index: usize, queues: Queues, core: Arc<Core>) -> io::Result
 
 /// Runs when a worker thread ends. After a panic that escaped the shields
 /// around user code (a panic in a panic payload's `Drop`, say) it starts a
-/// replacement: requests the dead thread held fail when their reply
-/// channels drop, and its services are rebuilt lazily on the new thread.
+/// replacement for a core worker: requests the dead thread held fail when
+/// their reply channels drop, and its services are rebuilt lazily on the
+/// new thread. A spare is not replaced: its slot is freed.
 struct Exit {
     index: usize,
     queues: Queues,
     core: Arc<Core>,
+    retired: bool,
 }
 
 impl Drop for Exit {
     fn drop(&mut self) {
-        let Queues { own, shared } = &self.queues;
-        let work_left = !own.is_closed() || !own.is_empty() || !shared.is_empty();
+        let core = &self.core;
+        core.idle.set_waker(self.index, None);
+        core.idle.leave(self.index);
+        let counters = core.counters.worker(self.index);
+        counters.tid.store(0, Relaxed);
+        if self.index >= core.config.workers {
+            counters.alive.store(false, SeqCst);
+            core.spares.exited(self.index, self.retired);
+            core.lifecycle.exited();
+            return;
+        }
+        let work_left = !self.queues.finished();
         if thread::panicking() && work_left {
-            let counters = self.core.counters.worker(self.index);
             counters.replaced.fetch_add(1, Relaxed);
-            if spawn(self.index, self.queues.clone(), self.core.clone()).is_ok() {
+            if spawn(self.index, self.queues.clone(), core.clone()).is_ok() {
                 return;
             }
         }
-        self.core.lifecycle.exited();
+        counters.alive.store(false, SeqCst);
+        core.lifecycle.exited();
     }
 }
 
-fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) {
+/// Runs the worker until its queues close (or, for a spare, until it
+/// retires: then `true`).
+fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> bool {
     id.enter();
+    let index = id.index();
+    core.counters
+        .worker(index)
+        .tid
+        .store(probe::current_tid(), Relaxed);
     if let Some(hook) = &core.config.on_thread_start {
         let _ = guard(|| hook(&id));
     }
@@ -82,20 +161,29 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) {
         .expect("tower-affinity: failed to build a worker runtime");
     let local = tokio::task::LocalSet::new();
     let state = WorkerState::new(id, core.clone());
-    local.block_on(&runtime, async {
+    let retired = local.block_on(&runtime, async {
         let mut serving = pin!(serve(queues, &state));
-        let mut aborted = pin!(core.lifecycle.aborted());
+        let mut waker: Option<Waker> = None;
         poll_fn(|cx| {
-            if aborted.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(());
+            // The idle list and an abort wake this loop through the waker
+            // stored in its slot; it only changes if the runtime's does.
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                waker = Some(cx.waker().clone());
+                core.idle.set_waker(index, waker.as_ref());
+            }
+            if core.lifecycle.is_aborting() {
+                return Poll::Ready(false);
             }
             serving.as_mut().poll(cx)
         })
-        .await;
+        .await
     });
-    // Only after an abort can jobs be left in closed queues.
-    while let Some(envelope) = queues.try_recv() {
-        state.reject(envelope, Failure::ShutDown);
+    // Only after an abort can jobs be left in closed queues. (A spare that
+    // retires leaves the open queue to the others.)
+    if !retired {
+        while let Some(envelope) = queues.try_take() {
+            state.reject(envelope, Failure::ShutDown);
+        }
     }
     // Tasks still in the set (none after a clean drain) are dropped here, on
     // this thread, before the services they may point to. Their bodies end
@@ -105,6 +193,7 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) {
     if let Some(hook) = &core.config.on_thread_stop {
         let _ = guard(|| hook(&state.id));
     }
+    retired
 }
 
 /// How many jobs the event loop admits in a row before it yields, so that
@@ -112,90 +201,120 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) {
 /// while a burst of requests arrives.
 const ADMIT_PER_TURN: usize = 16;
 
-/// How many times an idle worker yields its CPU, looking for a job in
-/// between, before it waits to be woken.
-const SPINS_BEFORE_PARK: u32 = 8;
+/// What the event loop does next.
+enum Next {
+    Job(Envelope),
+    /// The queues closed and drained.
+    Finished,
+    /// A spare idle past its keep-alive.
+    Retire,
+}
 
-/// The event loop: admit jobs while there is room, then drain on shutdown.
-async fn serve(queues: &Queues, state: &WorkerState) {
+/// The event loop: admit jobs while there is room, then drain on shutdown;
+/// `true` if this spare retired.
+async fn serve(queues: &Queues, state: &WorkerState) -> bool {
     let max = state.core.config.max_streams_per_worker;
     let mut admitted = 0usize;
-    loop {
+    let mut idle_since: Option<Pin<Box<Sleep>>> = None;
+    let retired = loop {
         state.load.below(max).await;
-        let Some(envelope) = next_job(queues, state).await else {
-            break;
+        let envelope = match next_job(queues, state, &mut idle_since).await {
+            Next::Job(envelope) => envelope,
+            Next::Finished => break false,
+            Next::Retire => break true,
         };
         if queues.shared.is_closed() && !state.core.lifecycle.phase().serves_queued() {
             // Every handle is gone: answer what is still queued, take no more.
             state.reject(envelope, Failure::ShutDown);
             continue;
         }
-        state.start(envelope);
+        state.run_job(envelope);
         admitted += 1;
         if admitted % ADMIT_PER_TURN == 0 {
             // The local tasks only run while this loop is pending.
             tokio::task::yield_now().await;
         }
-    }
+    };
     // Let the requests already started finish before the services go.
     state.load.below(1).await;
+    retired
 }
 
-/// The next job, from this worker's own queue first (keyed requests keep
-/// their order), else from the shared one; `None` once both are closed and
-/// empty. While there is none, the worker waits in the pool's idle list,
-/// where a new job's submitter finds it (see `idle`).
-async fn next_job(queues: &Queues, state: &WorkerState) -> Option<Envelope> {
-    let idle = &state.core.idle;
+/// The next job (see `Idle::take`), or the end. A spare with nothing to
+/// serve for its keep-alive retires; `idle_since` times that, across polls.
+async fn next_job(
+    queues: &Queues,
+    state: &WorkerState,
+    idle_since: &mut Option<Pin<Box<Sleep>>>,
+) -> Next {
+    let core = &state.core;
     let index = state.id.index();
+    let busy = |i: usize| core.counters.worker(i).is_polling();
     poll_fn(|cx| {
         // Here, not in the loop around: an idle worker woken for a retired
         // service finds no job and waits again without leaving this poll.
-        // (Checked again after registering, below.)
         state.sweep_retired();
-        let mut registered = false;
-        let mut spins = 0;
-        loop {
-            match queues.try_recv() {
-                Some(envelope) => {
-                    if registered {
-                        idle.found(index);
-                    }
-                    return Poll::Ready(Some(envelope));
+        let taken = core.idle.take(index, queues, busy);
+        if matches!(taken, Taken::Waiting) {
+            // Registered now; a service retired before that woke no one.
+            state.sweep_retired();
+        }
+        next(taken, cx, state, idle_since)
+    })
+    .await
+}
+
+/// What the event loop does with what `Idle::take` found.
+fn next(
+    taken: Taken<Envelope>,
+    cx: &mut Context<'_>,
+    state: &WorkerState,
+    idle_since: &mut Option<Pin<Box<Sleep>>>,
+) -> Poll<Next> {
+    let core = &state.core;
+    let index = state.id.index();
+    match taken {
+        Taken::Job(envelope) => {
+            *idle_since = None;
+            Poll::Ready(Next::Job(envelope))
+        }
+        Taken::Finished => Poll::Ready(Next::Finished),
+        Taken::Waiting if !state.spare || state.load.active() > 0 => {
+            *idle_since = None;
+            Poll::Pending
+        }
+        Taken::Waiting => {
+            let keep_alive = core.spares.keep_alive();
+            let timer = idle_since.get_or_insert_with(|| Box::pin(tokio::time::sleep(keep_alive)));
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            match core.spares.may_retire() {
+                // Leave the idle list first: a submitter that claimed this
+                // spare meanwhile has a job for it.
+                Ok(()) if core.idle.leave(index) => Poll::Ready(Next::Retire),
+                Ok(()) => {
+                    *idle_since = None;
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
                 }
-                None if queues.own.is_closed() && queues.shared.is_closed() => {
-                    // Closed; only empty once both are drained.
-                    if queues.own.is_empty() && queues.shared.is_empty() {
-                        return Poll::Ready(None);
-                    }
-                }
-                None if registered => return Poll::Pending,
-                // Under load the next job is often a moment away: give the
-                // CPU to the threads that make it before paying for a
-                // wake-up (a syscall on each side).
-                None if spins < SPINS_BEFORE_PARK => {
-                    spins += 1;
-                    thread::yield_now();
-                }
-                // Register, then look once more: a job queued in between
-                // found no one waiting.
-                None => {
-                    idle.wait(index, cx.waker());
-                    registered = true;
-                    // A service retired before `wait` woke no one: its
-                    // `wake_all` ran before this worker registered.
-                    state.sweep_retired();
+                Err(wait) => {
+                    let deadline = tokio::time::Instant::now() + wait;
+                    timer.as_mut().reset(deadline);
+                    let _ = timer.as_mut().poll(cx);
+                    Poll::Pending
                 }
             }
         }
-    })
-    .await
+    }
 }
 
 /// What a worker thread owns: its service instances and its load.
 pub(crate) struct WorkerState {
     id: WorkerId,
     core: Arc<Core>,
+    /// Whether this is a spare (it serves the shared queue only).
+    spare: bool,
     // One instance per wrapped service, created on first use on this thread,
     // dropped here once the service's last handle is gone.
     services: RefCell<HashMap<u64, Instance>>,
@@ -206,12 +325,9 @@ pub(crate) struct WorkerState {
 
 impl WorkerState {
     fn new(id: WorkerId, core: Arc<Core>) -> Self {
-        let load = Rc::new(Load {
-            core: core.clone(),
-            index: id.index(),
-            waiter: Cell::new(None),
-        });
+        let load = Load::new(core.clone(), id.index());
         Self {
+            spare: id.index() >= core.config.workers,
             id,
             core,
             services: RefCell::default(),
@@ -280,9 +396,9 @@ impl WorkerState {
         envelope.job.reject(failure);
     }
 
-    /// Starts serving a job: polls its task once inline, spawns it only if
-    /// it has to wait.
-    fn start(&self, envelope: Envelope) {
+    /// Serves a job: polls its task once inline, spawns it only if it has
+    /// to wait.
+    fn run_job(&self, envelope: Envelope) {
         let Envelope {
             job,
             enqueued,
@@ -336,55 +452,4 @@ struct Instance {
     /// The service's shared part, alive while any handle or queued job is.
     handle: Weak<dyn Any + Send + Sync>,
     service: Rc<dyn Any>,
-}
-
-/// How many requests this worker is serving, and the event loop's waker.
-struct Load {
-    core: Arc<Core>,
-    index: usize,
-    waiter: Cell<Option<Waker>>,
-}
-
-impl Load {
-    fn counters(&self) -> &WorkerCounters {
-        self.core.counters.worker(self.index)
-    }
-
-    fn enter(self: &Rc<Self>) -> Active {
-        self.counters().active.fetch_add(1, Relaxed);
-        Active(self.clone())
-    }
-
-    /// Resolves once fewer than `max` requests are active.
-    fn below(&self, max: usize) -> impl Future<Output = ()> + '_ {
-        poll_fn(move |cx| {
-            if self.counters().active.load(Relaxed) < max {
-                Poll::Ready(())
-            } else {
-                self.waiter.set(Some(cx.waker().clone()));
-                Poll::Pending
-            }
-        })
-    }
-}
-
-/// One active request; dropping it makes room and wakes the event loop.
-pub(crate) struct Active(Rc<Load>);
-
-impl Active {
-    /// Counts a panic caught while serving this request.
-    pub(crate) fn panicked(&self) {
-        self.0.counters().panicked.fetch_add(1, Relaxed);
-    }
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        let counters = self.0.counters();
-        counters.active.fetch_sub(1, Relaxed);
-        counters.completed.fetch_add(1, Relaxed);
-        if let Some(waker) = self.0.waiter.take() {
-            waker.wake();
-        }
-    }
 }

@@ -1,0 +1,76 @@
+//! How many requests one worker is serving, and the event loop's wait for
+//! room below `max_streams_per_worker`.
+
+use std::cell::Cell;
+use std::future::{poll_fn, Future};
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use super::Core;
+use crate::stats::WorkerCounters;
+
+/// The requests one worker serves, and the event loop's waker.
+pub(crate) struct Load {
+    core: Arc<Core>,
+    index: usize,
+    waiter: Cell<Option<Waker>>,
+}
+
+impl Load {
+    pub(crate) fn new(core: Arc<Core>, index: usize) -> Rc<Self> {
+        Rc::new(Self {
+            core,
+            index,
+            waiter: Cell::new(None),
+        })
+    }
+
+    fn counters(&self) -> &WorkerCounters {
+        self.core.counters.worker(self.index)
+    }
+
+    /// How many requests are active now.
+    pub(crate) fn active(&self) -> usize {
+        self.counters().active.load(Relaxed)
+    }
+
+    pub(crate) fn enter(self: &Rc<Self>) -> Active {
+        self.counters().active.fetch_add(1, Relaxed);
+        Active(self.clone())
+    }
+
+    /// Resolves once fewer than `max` requests are active.
+    pub(crate) fn below(&self, max: usize) -> impl Future<Output = ()> + '_ {
+        poll_fn(move |cx| {
+            if self.active() < max {
+                Poll::Ready(())
+            } else {
+                self.waiter.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// One active request; dropping it makes room and wakes the event loop.
+pub(crate) struct Active(Rc<Load>);
+
+impl Active {
+    /// Counts a panic caught while serving this request.
+    pub(crate) fn panicked(&self) {
+        self.0.counters().panicked.fetch_add(1, Relaxed);
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let counters = self.0.counters();
+        counters.active.fetch_sub(1, Relaxed);
+        counters.completed.fetch_add(1, Relaxed);
+        if let Some(waker) = self.0.waiter.take() {
+            waker.wake();
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Spare workers: when to start one, when one retires, and the supervisor
+//! thread that decides.
+//!
+//! The pool always runs `workers` core threads. A spare starts when unkeyed
+//! work waits and every running worker is blocked in user code (see
+//! `probe`: inside one poll for over a millisecond and off the CPU), up to
+//! `max_workers` threads. A CPU-bound handler is on the CPU, a quick one is
+//! not inside a long poll: neither grows the pool.
+//!
+//! The supervisor costs nothing while the pool keeps up: it parks on a
+//! condition variable until a submitter finds no worker waiting for work
+//! (one atomic load on that path while the supervisor is already awake).
+//! Awake, it looks every millisecond while work waits, backing off to
+//! [`MAX_INTERVAL`] while the workers are busy without being blocked, and
+//! parks again once the shared queue is empty. Each look that finds every
+//! worker blocked starts up to as many spares as there are threads (so the
+//! pool at most doubles per look) and no more than there are jobs waiting.
+//!
+//! A spare serves the shared queue only, and retires after `keep_alive`
+//! with nothing to serve; spares retire one at a time, at most one per
+//! quarter of `keep_alive`. A spare's slot (its index, counters and idle
+//! bit) was allocated when the pool started, so nothing on the request path
+//! takes a lock or allocates for it.
+//!
+//! When the operating system refuses a thread, the pool keeps serving with
+//! the threads it has and lowers its ceiling to them, as smol's `blocking`
+//! does.
+
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use async_channel::Receiver;
+
+use super::probe::BLOCKED_AFTER;
+use super::worker::{self, Queues};
+use super::{Config, Core, Envelope};
+use crate::stats::SpareFigures;
+use crate::trace;
+
+/// The longest the supervisor waits between looks while work waits.
+const MAX_INTERVAL: Duration = Duration::from_millis(16);
+
+#[derive(Debug)]
+pub(crate) struct Spares {
+    /// Whether the supervisor is awake, looking.
+    armed: AtomicBool,
+    stopped: AtomicBool,
+    lock: Mutex<()>,
+    signal: Condvar,
+    /// Spare slots not in use, the lowest index last.
+    free: Mutex<Vec<usize>>,
+    /// The most threads the pool runs now.
+    ceiling: AtomicUsize,
+    started: AtomicU64,
+    retired: AtomicU64,
+    stalls: AtomicU64,
+    spawn_failures: AtomicU64,
+    keep_alive: Duration,
+    epoch: Instant,
+    /// When the last spare retired, in nanoseconds since `epoch`.
+    last_retired: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Spares {
+    pub(crate) fn new(config: &Config) -> Self {
+        Self {
+            armed: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            signal: Condvar::new(),
+            free: Mutex::new((config.workers..config.max_workers).rev().collect()),
+            ceiling: AtomicUsize::new(config.max_workers),
+            started: AtomicU64::new(0),
+            retired: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
+            spawn_failures: AtomicU64::new(0),
+            keep_alive: config.keep_alive,
+            epoch: Instant::now(),
+            last_retired: AtomicU64::new(0),
+        }
+    }
+
+    /// Starts the supervisor thread, when the pool may grow.
+    pub(crate) fn supervise(core: &Arc<Core>, shared: Receiver<Envelope>) {
+        if core.config.max_workers <= core.config.workers {
+            return;
+        }
+        let name = format!("{}-spares", core.config.thread_name);
+        let core2 = core.clone();
+        if let Err(error) = thread::Builder::new()
+            .name(name)
+            .spawn(move || supervisor(&core2, &shared))
+        {
+            // Without a supervisor the pool is a fixed one: say so.
+            core.spares.refused(core.config.workers, &error);
+        }
+    }
+
+    /// A submitter found no worker waiting: wake the supervisor, unless it
+    /// is already looking.
+    pub(crate) fn nudge(&self) {
+        if !self.armed.load(Relaxed) && !self.armed.swap(true, SeqCst) {
+            // Under the lock: the supervisor checks `armed` under it before
+            // it waits, so this notification cannot fall in between.
+            let _lock = lock(&self.lock);
+            self.signal.notify_one();
+        }
+    }
+
+    /// The pool is closing: the supervisor ends.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, SeqCst);
+        let _lock = lock(&self.lock);
+        self.signal.notify_all();
+    }
+
+    /// Parks until nudged; `false` once stopped.
+    fn wait_armed(&self) -> bool {
+        let mut guard = lock(&self.lock);
+        while !self.armed.load(SeqCst) && !self.stopped.load(SeqCst) {
+            guard = self
+                .signal
+                .wait(guard)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        !self.stopped.load(SeqCst)
+    }
+
+    /// Waits `interval`; `false` once stopped.
+    fn pause(&self, interval: Duration) -> bool {
+        let guard = lock(&self.lock);
+        if !self.stopped.load(SeqCst) {
+            let _ = self.signal.wait_timeout(guard, interval);
+        }
+        !self.stopped.load(SeqCst)
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64 + 1
+    }
+
+    /// Whether a spare whose keep-alive ran out may retire now; if not, how
+    /// long until it may try again (spares retire one at a time).
+    pub(crate) fn may_retire(&self) -> Result<(), Duration> {
+        let gap = (self.keep_alive / 4).as_nanos() as u64;
+        let now = self.now();
+        let last = self.last_retired.load(SeqCst);
+        if last != 0 && now < last + gap {
+            return Err(Duration::from_nanos(last + gap - now));
+        }
+        match self
+            .last_retired
+            .compare_exchange(last, now, SeqCst, SeqCst)
+        {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Duration::from_nanos(gap.max(1))),
+        }
+    }
+
+    pub(crate) fn keep_alive(&self) -> Duration {
+        self.keep_alive
+    }
+
+    /// Spare `index` retired (`retired`) or died; its thread has ended.
+    pub(crate) fn exited(&self, index: usize, retired: bool) {
+        if retired {
+            self.retired.fetch_add(1, Relaxed);
+            trace::info!(worker = index, "spare worker retired");
+        }
+        lock(&self.free).push(index);
+    }
+
+    /// A thread could not be started: lower the ceiling to what runs.
+    pub(crate) fn refused(&self, threads: usize, error: &std::io::Error) {
+        self.spawn_failures.fetch_add(1, Relaxed);
+        self.ceiling.fetch_min(threads, SeqCst);
+        trace::warning!(%error, max_workers = threads, "could not start a worker thread");
+        let _ = error;
+    }
+
+    pub(crate) fn figures(&self) -> SpareFigures {
+        SpareFigures {
+            started: self.started.load(Relaxed),
+            retired: self.retired.load(Relaxed),
+            stalls: self.stalls.load(Relaxed),
+            spawn_failures: self.spawn_failures.load(Relaxed),
+            max_workers: self.ceiling.load(Relaxed),
+        }
+    }
+}
+
+/// The supervisor thread: parked until work waits with no worker free,
+/// then looking while it does.
+fn supervisor(core: &Arc<Core>, shared: &Receiver<Envelope>) {
+    let spares = &core.spares;
+    while spares.wait_armed() {
+        let mut interval = BLOCKED_AFTER;
+        loop {
+            if !spares.pause(interval) {
+                return;
+            }
+            if shared.is_empty() {
+                spares.armed.store(false, SeqCst);
+                // A job queued just now may have seen `armed` still set
+                // and not nudged: look once more before parking.
+                if shared.is_empty() {
+                    break;
+                }
+                spares.armed.store(true, SeqCst);
+            }
+            interval = match grow(core, shared) {
+                0 => (interval * 2).min(MAX_INTERVAL),
+                _ => BLOCKED_AFTER,
+            };
+        }
+    }
+}
+
+/// Starts spares if every running worker is blocked; how many it started.
+fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>) -> usize {
+    let (spares, counters) = (&core.spares, &core.counters);
+    if core.idle.anyone_waiting() {
+        return 0;
+    }
+    let running: Vec<usize> = (0..core.config.max_workers)
+        .filter(|&index| counters.worker(index).alive.load(SeqCst))
+        .collect();
+    // Atomics first; the probe reads `/proc`, only once every worker is
+    // inside a long poll.
+    let long_poll = |&index: &usize| counters.polling_for(index) >= Some(BLOCKED_AFTER);
+    if !running.iter().all(long_poll) {
+        return 0;
+    }
+    spares.stalls.fetch_add(1, Relaxed);
+    let room = spares.ceiling.load(SeqCst).saturating_sub(running.len());
+    if room == 0 || !running.iter().all(|&index| counters.blocked(index)) {
+        return 0;
+    }
+    let wanted = shared.len().min(room).min(running.len().max(1));
+    let mut started = 0;
+    while started < wanted && start(core, shared, running.len() + started) {
+        started += 1;
+    }
+    started
+}
+
+/// Starts one spare; `false` if none could start.
+fn start(core: &Arc<Core>, shared: &Receiver<Envelope>, threads: usize) -> bool {
+    let spares = &core.spares;
+    let Some(index) = lock(&spares.free).pop() else {
+        return false;
+    };
+    // Not once the queues closed: a spare must not outlive a shutdown.
+    if !core.lifecycle.spawning(|| shared.is_closed()) {
+        lock(&spares.free).push(index);
+        return false;
+    }
+    let counters = core.counters.worker(index);
+    counters.alive.store(true, SeqCst);
+    counters.used.store(true, SeqCst);
+    match worker::spawn(index, Queues::spare(shared.clone()), core.clone()) {
+        Ok(()) => {
+            spares.started.fetch_add(1, Relaxed);
+            trace::info!(
+                worker = index,
+                threads = threads + 1,
+                "spare worker started"
+            );
+            true
+        }
+        Err(error) => {
+            counters.alive.store(false, SeqCst);
+            core.lifecycle.exited();
+            lock(&spares.free).push(index);
+            spares.refused(threads, &error);
+            false
+        }
+    }
+}

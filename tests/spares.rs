@@ -1,0 +1,423 @@
+//! Spare workers: started while every worker is blocked and unkeyed work
+//! waits, never for keyed work or CPU-bound handlers, never above
+//! `max_workers`; full workers (instances, hooks) that retire when idle;
+//! a refused thread loses nothing; shutdown drains them.
+//!
+//! Each test waits on channels and barriers, or on the pool's own counters
+//! (`stalls`: the supervisor's looks) to know that a spare was *not*
+//! started, never on a sleep.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Barrier, Condvar, Mutex};
+use std::thread::{self, ThreadId};
+use std::time::Duration;
+
+use common::{collect, within};
+use http::{HeaderName, Request, Response};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tower::ServiceExt;
+use tower_affinity::blocking::ServiceFn;
+use tower_affinity::{blocking, ThreadAffinity, ThreadAffinityLayer, WorkerId};
+use tower_layer::Layer;
+
+/// A door handlers wait at, off the CPU, until the test opens it.
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    fn wait(&self) {
+        let (open, signal) = &*self.0;
+        let mut open = open.lock().unwrap();
+        while !*open {
+            open = signal.wait(open).unwrap();
+        }
+    }
+
+    fn open(&self) {
+        let (open, signal) = &*self.0;
+        *open.lock().unwrap() = true;
+        signal.notify_all();
+    }
+}
+
+type Entered = mpsc::UnboundedSender<String>;
+
+fn name() -> String {
+    thread::current().name().unwrap_or_default().to_owned()
+}
+
+/// A handler that reports its thread, then waits at `gate`, and answers
+/// with its thread's name.
+fn gated(
+    layer: &ThreadAffinityLayer,
+    entered: Entered,
+    gate: Gate,
+) -> ThreadAffinity<ServiceFn<impl FnMut(Request<()>) -> Response<String> + Clone + Send>> {
+    layer.layer(blocking::service_fn(move |_: Request<()>| {
+        let _ = entered.send(name());
+        gate.wait();
+        Response::new(name())
+    }))
+}
+
+/// Sends `n` unkeyed requests at once; each task yields the thread that
+/// answered.
+fn send_all<S>(svc: &S, n: usize) -> Vec<JoinHandle<String>>
+where
+    S: tower::Service<Request<()>, Response = Response<tower_affinity::ThreadAffinityBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug,
+{
+    (0..n)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let response = svc.oneshot(Request::new(())).await.unwrap();
+                assert_eq!(response.status(), 200);
+                String::from_utf8(collect(response.into_body()).await.to_vec()).unwrap()
+            })
+        })
+        .collect()
+}
+
+async fn answers(tasks: Vec<JoinHandle<String>>) -> Vec<String> {
+    let mut names = Vec::new();
+    for task in tasks {
+        names.push(within("an answer", task).await.unwrap());
+    }
+    names
+}
+
+/// The thread name of worker `index` (default prefix).
+fn name_of(_: &ThreadAffinityLayer, index: usize) -> String {
+    format!("tower-affinity-{index}")
+}
+
+/// Waits until `what` holds of the pool's stats (checked every
+/// millisecond, within the hang guard).
+async fn until(
+    layer: &ThreadAffinityLayer,
+    what: &str,
+    f: impl Fn(&tower_affinity::stats::Stats) -> bool,
+) {
+    within(what, async {
+        while !f(&layer.stats()) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+}
+
+/// With one core worker blocked and unkeyed work waiting, spares start:
+/// three handlers meet at a barrier of three, on three threads.
+#[tokio::test]
+async fn spares_start_when_every_worker_blocks() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(3)
+        .thread_name("grow")
+        .build();
+    let barrier = Arc::new(Barrier::new(3));
+    let svc = layer.layer(blocking::service_fn(move |_: Request<()>| {
+        barrier.wait();
+        Response::new(name())
+    }));
+    let names: HashSet<_> = answers(send_all(&svc, 3)).await.into_iter().collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    let stats = layer.stats();
+    assert_eq!(stats.spares_started(), 2);
+    assert_eq!(stats.threads(), 3);
+    let spares: Vec<_> = stats.workers().iter().filter(|w| w.is_spare()).collect();
+    assert_eq!(spares.len(), 2);
+    assert!(spares.iter().all(|w| w.index() >= 1 && w.is_alive()));
+}
+
+/// At `max_workers` the pool stops growing, however long work waits while
+/// every worker blocks.
+#[tokio::test]
+async fn never_above_max_workers() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(2)
+        .build();
+    let (entered, mut entries) = mpsc::unbounded_channel();
+    let gate = Gate::default();
+    let svc = gated(&layer, entered, gate.clone());
+    let tasks = send_all(&svc, 3);
+    for _ in 0..2 {
+        within("two handlers running", entries.recv()).await;
+    }
+    let seen = layer.stats().stalls();
+    // The supervisor looked twice more with the third request waiting and
+    // both threads blocked: it would have started a spare by now.
+    until(&layer, "two more looks", |s| s.stalls() >= seen + 2).await;
+    let stats = layer.stats();
+    assert_eq!(stats.threads(), 2, "{stats:?}");
+    assert_eq!(stats.spares_started(), 1);
+    gate.open();
+    let names: HashSet<_> = answers(tasks).await.into_iter().collect();
+    assert_eq!(names.len(), 2);
+}
+
+/// A CPU-bound handler is inside a long poll but on the CPU: no spare
+/// starts, though work waits.
+#[tokio::test]
+async fn cpu_bound_handlers_do_not_grow_the_pool() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(4)
+        .build();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (entered, mut entries) = mpsc::unbounded_channel();
+    let spin = stop.clone();
+    let svc = layer.layer(blocking::service_fn(move |_: Request<()>| {
+        let _ = entered.send(name());
+        while !spin.load(SeqCst) {
+            std::hint::spin_loop();
+        }
+        Response::new(name())
+    }));
+    let tasks = send_all(&svc, 3);
+    within("a handler running", entries.recv()).await;
+    until(&layer, "three looks", |s| s.stalls() >= 3).await;
+    stop.store(true, SeqCst);
+    answers(tasks).await;
+    let stats = layer.stats();
+    assert_eq!(stats.spares_started(), 0, "{stats:?}");
+    assert_eq!(stats.threads(), 1);
+}
+
+/// Keyed requests wait for their own worker: a spare serves only the
+/// shared queue, even while it idles and a keyed request waits.
+#[tokio::test]
+async fn keyed_work_never_goes_to_a_spare() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(3)
+        .affinity_header(HeaderName::from_static("x-key"))
+        .build();
+    let (entered, mut entries) = mpsc::unbounded_channel();
+    let gate = Gate::default();
+    let door = gate.clone();
+    let svc = layer.layer(blocking::service_fn(move |req: Request<()>| {
+        let _ = entered.send(name());
+        if req.uri().path() == "/block" {
+            door.wait();
+        }
+        Response::new(name())
+    }));
+    let keyed = |path: &str| Request::get(path).header("x-key", "k").body(()).unwrap();
+    let first = tokio::spawn(svc.clone().oneshot(keyed("/block")));
+    let core = within("the keyed request running", entries.recv())
+        .await
+        .unwrap();
+    let second = tokio::spawn(svc.clone().oneshot(keyed("/quick")));
+    until(&layer, "the keyed request queued", |s| {
+        s.workers()[0].queued() == 1
+    })
+    .await;
+    // Unkeyed work while the core worker blocks: a spare serves it.
+    let response = within("the unkeyed answer", svc.clone().oneshot(Request::new(())))
+        .await
+        .unwrap();
+    let spare = String::from_utf8(collect(response.into_body()).await.to_vec()).unwrap();
+    assert_ne!(spare, core);
+    assert_eq!(within("", entries.recv()).await.unwrap(), spare);
+    // The spare is free, and the keyed request still waits for its worker.
+    let stats = layer.stats();
+    assert_eq!(stats.workers()[0].queued(), 1, "{stats:?}");
+    assert!(entries.try_recv().is_err());
+    gate.open();
+    for task in [first, second] {
+        let response = within("a keyed answer", task).await.unwrap().unwrap();
+        assert_eq!(collect(response.into_body()).await, core.as_bytes());
+    }
+}
+
+/// Where an instance was made and dropped.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Made(ThreadId),
+    Dropped(ThreadId),
+    Started(String),
+    Stopped(String),
+}
+
+struct Probe(mpsc::UnboundedSender<Seen>);
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let _ = self.0.send(Seen::Dropped(thread::current().id()));
+    }
+}
+
+/// A spare is a full worker: its hooks run on it, and it builds its own
+/// instance of the service there and drops it there when it retires,
+/// before its stop hook.
+#[tokio::test]
+async fn a_spare_builds_and_drops_its_instances_on_its_thread() {
+    let (seen, mut events) = mpsc::unbounded_channel();
+    let (start, stop) = (seen.clone(), seen.clone());
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(2)
+        .keep_alive(Duration::from_millis(20))
+        .thread_name("full")
+        .on_thread_start(move |id: &WorkerId| {
+            let _ = start.send(Seen::Started(id.name().to_owned()));
+        })
+        .on_thread_stop(move |id: &WorkerId| {
+            let _ = stop.send(Seen::Stopped(id.name().to_owned()));
+        })
+        .build();
+    let barrier = Arc::new(Barrier::new(2));
+    let svc = layer.service_with(move |_: WorkerId| {
+        let _ = seen.send(Seen::Made(thread::current().id()));
+        let probe = Probe(seen.clone());
+        let barrier = barrier.clone();
+        blocking::service_fn(move |_: Request<()>| {
+            let _ = &probe;
+            barrier.wait();
+            Response::new(name())
+        })
+    });
+    answers(send_all(&svc, 2)).await;
+    // The spare retires after its keep-alive: the whole story, in order.
+    let mut story = Vec::new();
+    loop {
+        let event = within("the spare's stop hook", events.recv())
+            .await
+            .unwrap();
+        let done = event == Seen::Stopped("full-1".into());
+        story.push(event);
+        if done {
+            break;
+        }
+    }
+    assert!(story.contains(&Seen::Started("full-1".into())), "{story:?}");
+    let made: Vec<_> = story
+        .iter()
+        .filter_map(|e| match e {
+            Seen::Made(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let dropped: Vec<_> = story
+        .iter()
+        .filter_map(|e| match e {
+            Seen::Dropped(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(made.len(), 2, "{story:?}");
+    // The spare's instance: made on one thread, dropped there, and only it.
+    assert_eq!(dropped.len(), 1, "{story:?}");
+    assert!(made.contains(&dropped[0]));
+    until(&layer, "the retirement counted", |s| {
+        s.spares_retired() == 1
+    })
+    .await;
+}
+
+/// Spares retire after `keep_alive` without work, and the pool returns to
+/// its core workers.
+#[tokio::test]
+async fn spares_retire_and_threads_return_to_workers() {
+    let (stopped, mut stops) = mpsc::unbounded_channel();
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(3)
+        .keep_alive(Duration::from_millis(20))
+        .on_thread_stop(move |id: &WorkerId| {
+            let _ = stopped.send(id.index());
+        })
+        .build();
+    let barrier = Arc::new(Barrier::new(3));
+    let svc = layer.layer(blocking::service_fn(move |req: Request<()>| {
+        if req.uri().path() != "/after" {
+            barrier.wait();
+        }
+        Response::new(name())
+    }));
+    answers(send_all(&svc, 3)).await;
+    assert_eq!(layer.stats().threads(), 3);
+    let mut retired: Vec<_> = vec![
+        within("a spare retiring", stops.recv()).await.unwrap(),
+        within("a spare retiring", stops.recv()).await.unwrap(),
+    ];
+    retired.sort();
+    assert_eq!(retired, [1, 2]);
+    until(&layer, "one thread left", |s| s.threads() == 1).await;
+    let stats = layer.stats();
+    assert_eq!(stats.spares_retired(), 2);
+    assert!(stats.workers()[0].is_alive() && !stats.workers()[0].is_spare());
+    // The core worker serves on.
+    let after = Request::get("/after").body(()).unwrap();
+    let response = within("an answer", svc.oneshot(after)).await.unwrap();
+    assert_eq!(collect(response.into_body()).await, name_of(&layer, 0));
+}
+
+/// When the operating system refuses a spare's thread, no request is lost:
+/// the pool serves on with the threads it has and lowers its ceiling.
+#[tokio::test]
+async fn a_refused_thread_loses_nothing() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(4)
+        // The core worker and one spare start; the next spawn fails.
+        .fail_spawns_after(2)
+        .build();
+    let (entered, mut entries) = mpsc::unbounded_channel();
+    let gate = Gate::default();
+    let svc = gated(&layer, entered, gate.clone());
+    let tasks = send_all(&svc, 4);
+    for _ in 0..2 {
+        within("two handlers running", entries.recv()).await;
+    }
+    until(&layer, "a refused spawn", |s| s.spawn_failures() >= 1).await;
+    let stats = layer.stats();
+    assert_eq!(stats.max_workers(), 2, "{stats:?}");
+    assert_eq!(stats.threads(), 2);
+    gate.open();
+    let names: HashSet<_> = answers(tasks).await.into_iter().collect();
+    assert_eq!(names.len(), 2);
+}
+
+/// `shutdown` with spares running serves what was admitted, then every
+/// thread, spares included, ends after its stop hook.
+#[tokio::test]
+async fn shutdown_with_spares_alive_drains() {
+    let (stopped, mut stops) = mpsc::unbounded_channel();
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(3)
+        .on_thread_stop(move |id: &WorkerId| {
+            let _ = stopped.send(id.index());
+        })
+        .build();
+    let (entered, mut entries) = mpsc::unbounded_channel();
+    let gate = Gate::default();
+    let svc = gated(&layer, entered, gate.clone());
+    let tasks = send_all(&svc, 5);
+    for _ in 0..3 {
+        within("three handlers running", entries.recv()).await;
+    }
+    let shutdown = {
+        let layer = layer.clone();
+        tokio::spawn(async move { layer.shutdown().await })
+    };
+    gate.open();
+    assert_eq!(answers(tasks).await.len(), 5);
+    within("shutdown", shutdown).await.unwrap();
+    let mut stops: Vec<_> = (0..3).map(|_| stops.try_recv().unwrap()).collect();
+    stops.sort();
+    assert_eq!(stops, [0, 1, 2]);
+    assert_eq!(layer.stats().threads(), 0);
+}
