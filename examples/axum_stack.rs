@@ -63,7 +63,7 @@ use tower_layer::Layer;
 pub const THREAD_PREFIX: &str = "axum-worker";
 
 /// The most bytes `/upload` reads.
-pub const UPLOAD_LIMIT: u64 = 8 * 1024 * 1024;
+pub const UPLOAD_LIMIT: usize = 8 * 1024 * 1024;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {

@@ -20,12 +20,11 @@ use crate::{Builder, ThreadAffinity, WorkerId};
 /// use http::{Request, Response};
 /// use tower::{Service, ServiceExt};
 /// use tower_affinity::{blocking, ThreadAffinityLayer};
-/// use tower_layer::Layer;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Infallible> {
 /// let layer = ThreadAffinityLayer::builder().workers(2).max_streams_per_worker(32).build();
-/// let mut svc = layer.layer(blocking::service_fn(|_req: Request<String>| {
+/// let mut svc = layer.service(blocking::service_fn(|_req: Request<String>| {
 ///     // Plain blocking code, on a worker thread.
 ///     Response::new(format!("hello from {}", std::thread::current().name().unwrap()))
 /// }));
@@ -85,6 +84,26 @@ impl ThreadAffinityLayer {
         self.pool.shutdown(Some(deadline)).await;
     }
 
+    /// Wraps `inner`, which each worker clones once, on first use there.
+    ///
+    /// The same as [`Layer::layer`], without importing the trait.
+    ///
+    /// ```
+    /// use http::{Request, Response};
+    /// use tower_affinity::{blocking, ThreadAffinityLayer};
+    ///
+    /// let layer = ThreadAffinityLayer::new(2);
+    /// let svc = layer.service(blocking::service_fn(|_req: Request<()>| Response::new("hi")));
+    /// // With axum: Router::new().route_service("/hi", svc)
+    /// # let _ = svc;
+    /// ```
+    pub fn service<S>(&self, inner: S) -> ThreadAffinity<S>
+    where
+        S: Clone + Send + 'static,
+    {
+        ThreadAffinity::new(inner, self.pool.clone())
+    }
+
     /// Runs a service that `factory` builds on each worker thread, the first
     /// time that worker serves it.
     ///
@@ -126,7 +145,7 @@ where
     type Service = ThreadAffinity<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ThreadAffinity::new(inner, self.pool.clone())
+        self.service(inner)
     }
 }
 

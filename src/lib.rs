@@ -28,12 +28,11 @@
 //! use http_body_util::BodyExt;
 //! use tower::{Service, ServiceExt};
 //! use tower_affinity::{blocking, ThreadAffinityLayer};
-//! use tower_layer::Layer;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Infallible> {
 //! let layer = ThreadAffinityLayer::new(2);
-//! let mut svc = layer.layer(blocking::service_fn(|req: Request<String>| {
+//! let mut svc = layer.service(blocking::service_fn(|req: Request<String>| {
 //!     // Plain blocking code: it runs on a worker thread, never on the runtime.
 //!     let greeting = format!("hello, {}", req.body());
 //!     Response::new(greeting)
@@ -48,7 +47,7 @@
 //!
 //! # With axum, tonic and tower
 //!
-//! - `Router::new().route_service("/path", layer.layer(svc))` runs one
+//! - `Router::new().route_service("/path", layer.service(svc))` runs one
 //!   blocking service (a [`blocking::service_fn`], say) on the workers.
 //! - `router.layer(layer)` runs every route of `router` on the workers,
 //!   its fallback included. Its handlers are still `async fn`s to axum, but
@@ -57,7 +56,7 @@
 //!   the routes it follows only. Routes outside stay on the runtime.
 //! - With tonic, `Server::builder().layer(layer)` runs every gRPC service
 //!   on the workers; with the `tonic` feature,
-//!   `add_service(layer.layer(svc))` runs one.
+//!   `add_service(layer.service(svc))` runs one.
 //! - Every application of the layer shares its threads.
 //! - tower's `Timeout` and `ConcurrencyLimit` outside the layer see the
 //!   response future, not the body: a timeout that fires cancels the
@@ -106,7 +105,7 @@
 //!
 //! # Per-thread state
 //!
-//! [`ThreadAffinityLayer::layer`](tower_layer::Layer::layer) wraps a
+//! [`ThreadAffinityLayer::service`] (or [`Layer::layer`]) wraps a
 //! `Clone + Send` service: each worker clones it once, on first use.
 //! [`ThreadAffinityLayer::service_with`] takes a factory instead, called on
 //! each worker thread, for services that are not `Send`: a database
@@ -197,6 +196,7 @@ pub mod future;
 mod layer;
 mod pool;
 pub mod prebuffer;
+mod response_body;
 mod service;
 pub mod stats;
 #[cfg(feature = "tonic")]
@@ -210,3 +210,6 @@ pub use self::error::BoxError;
 pub use self::layer::ThreadAffinityLayer;
 pub use self::service::ThreadAffinity;
 pub use self::worker_id::WorkerId;
+/// Tower's `Layer` trait, re-exported so that `layer.layer(svc)` and
+/// `ServiceBuilder::layer` work without a direct dependency on `tower-layer`.
+pub use tower_layer::Layer;

@@ -30,7 +30,19 @@ macro_rules! warning {
     };
 }
 
-pub(crate) use {debug, warning};
+#[cfg(feature = "tracing")]
+macro_rules! error {
+    ($($arg:tt)+) => { ::tracing::error!(target: "tower_affinity", $($arg)+) };
+}
+
+#[cfg(not(feature = "tracing"))]
+macro_rules! error {
+    ($($arg:tt)+) => {
+        ()
+    };
+}
+
+pub(crate) use {debug, error, warning};
 
 /// The caller's span, carried to the worker.
 #[cfg(feature = "tracing")]
