@@ -64,6 +64,14 @@ impl ThreadAffinityLayer {
         self.pool.stats()
     }
 
+    /// Publishes [`stats`](Self::stats) through the `metrics` facade, to
+    /// the installed recorder: call it where the exporter renders. See
+    /// [`metrics`](crate::metrics) for the names.
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) {
+        crate::metrics::publish(&self.pool.config().thread_name, &self.pool.stats());
+    }
+
     /// Shuts the pool down gracefully, for every layer and service that
     /// shares it: new requests get `503` at once, requests already admitted
     /// (queued or running, streams included) finish, then each worker drops
@@ -93,7 +101,7 @@ impl ThreadAffinityLayer {
     /// use tower_affinity::{blocking, ThreadAffinityLayer};
     ///
     /// let layer = ThreadAffinityLayer::new(2);
-    /// let svc = layer.service(blocking::service_fn(|_req: Request<()>| Response::new("hi")));
+    /// let svc = layer.service(blocking::service_fn(|_req: Request<()>| Response::new(String::from("hi"))));
     /// // With axum: Router::new().route_service("/hi", svc)
     /// # let _ = svc;
     /// ```

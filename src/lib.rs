@@ -194,6 +194,9 @@ mod channel;
 pub mod error;
 pub mod future;
 mod layer;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod pool;
 pub mod prebuffer;
 mod response_body;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 /// A snapshot of a pool: per-worker figures and pool totals.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Stats {
     workers: Vec<WorkerStats>,
     queued: usize,
@@ -60,6 +61,7 @@ impl Stats {
 
 /// A snapshot of one worker.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct WorkerStats {
     index: usize,
     queued: usize,

@@ -245,6 +245,8 @@ impl WorkerState {
         // The job has left the queue: free its place now, not after the
         // inline poll below, which may block for as long as the handler runs.
         drop(permit);
+        #[cfg(feature = "metrics")]
+        crate::metrics::queue_wait(&self.core.config.thread_name, self.id.index(), enqueued);
         if let (Some(enqueued), Some(timeout)) = (enqueued, self.core.config.queue_timeout) {
             if enqueued.elapsed() > timeout {
                 self.core.counters.timed_out.fetch_add(1, Relaxed);
