@@ -3,8 +3,9 @@
 //! Events (target `tower_affinity`): `enqueued` and `rejected` on the
 //! caller's thread; `started`, `head sent`, `ended`, `cancelled` at `DEBUG`
 //! and `panicked` at `WARN` on the worker, inside the caller's span, which
-//! is carried to the worker with the request. Without the feature these
-//! compile to nothing.
+//! is carried to the worker with the request; `handler failed` (a
+//! `try_service_fn` error, in field `error`) at `ERROR`. Without the
+//! feature these compile to nothing.
 
 #[cfg(feature = "tracing")]
 macro_rules! debug {
