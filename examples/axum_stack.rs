@@ -9,6 +9,8 @@
 //! curl -s 'localhost:3001/legacy/users/2?greeting=Hi'
 //! curl -s 'localhost:3001/report?rows=5'
 //! curl -s --data-binary @Cargo.toml localhost:3001/upload
+//! # with `cargo run --example axum_stack --features metrics`:
+//! curl -s localhost:3001/metrics
 //! ```
 //!
 //! | route                    | how the layer is applied              | handler                         |
@@ -17,6 +19,7 @@
 //! | `/legacy/*`              | `Router::layer` on a whole router     | axum handlers that block        |
 //! | `/report`                | `route_service` with `layer.layer(..)`| a blocking `service_fn`         |
 //! | `/upload`                | `route_layer` on one route            | an axum handler reading the body with `BodyReader` |
+//! | `/metrics`               | not at all (with `--features metrics`)| the pool's figures in Prometheus text |
 //!
 //! Under `Router::layer`, the router's handlers are ordinary axum handlers
 //! (`State`, `Path`, `Query`, `Extension` extractors and all), but each runs
@@ -57,16 +60,18 @@ use tower_affinity::blocking::{self, BodyReader, IterBody, LengthLimitError};
 use tower_affinity::{BoxError, ThreadAffinityLayer, WorkerId};
 use tower_http::compression::CompressionLayer;
 use tower_http::trace::TraceLayer;
-use tower_layer::Layer;
 
 /// The worker threads are named `{THREAD_PREFIX}-{index}`.
 pub const THREAD_PREFIX: &str = "axum-worker";
 
 /// The most bytes `/upload` reads.
-pub const UPLOAD_LIMIT: u64 = 8 * 1024 * 1024;
+pub const UPLOAD_LIMIT: usize = 8 * 1024 * 1024;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
+    // The recorder goes in before the layer serves its first request.
+    #[cfg(feature = "metrics")]
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let layer = ThreadAffinityLayer::builder()
         .workers(2)
         .thread_name(THREAD_PREFIX)
@@ -93,7 +98,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!("  curl -s 'http://{addr}/report?rows=5'");
     println!("  curl -s --data-binary @Cargo.toml http://{addr}/upload");
 
-    axum::serve(listener, app(&layer, state, Duration::from_secs(10)))
+    let app = app(&layer, state, Duration::from_secs(10));
+    #[cfg(feature = "metrics")]
+    let app = app.merge(metrics_route(&layer, prometheus));
+    axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
@@ -121,7 +129,7 @@ pub fn app(layer: &ThreadAffinityLayer, state: AppState, timeout: Duration) -> R
     Router::new()
         .route("/async/whoami", get(async_whoami))
         // One route served by a blocking service, wrapped by hand.
-        .route_service("/report", layer.layer(blocking::service_fn(report)))
+        .route_service("/report", layer.service(blocking::service_fn(report)))
         .merge(legacy)
         .merge(upload)
         // Outside everything: `Router::layer` wraps each route, here the
@@ -135,6 +143,28 @@ pub fn app(layer: &ThreadAffinityLayer, state: AppState, timeout: Duration) -> R
                 .layer(HandleErrorLayer::new(timed_out))
                 .timeout(timeout),
         )
+}
+
+/// `GET /metrics`: the pool's figures (see `tower_affinity::metrics`) and
+/// everything else the recorder holds, in Prometheus text. Publishing reads
+/// a few atomics per worker, so it is done at each scrape, on the runtime.
+#[cfg(feature = "metrics")]
+pub fn metrics_route(
+    layer: &ThreadAffinityLayer,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+) -> Router {
+    let layer = layer.clone();
+    Router::new().route(
+        "/metrics",
+        get(move || async move {
+            layer.publish_metrics();
+            prometheus.run_upkeep();
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                prometheus.render(),
+            )
+        }),
+    )
 }
 
 /// What the handlers share: a blocking store and an audit log.
@@ -319,15 +349,15 @@ fn report(
         .and_then(|query| query.strip_prefix("rows="))
         .and_then(|rows| rows.parse().ok())
         .unwrap_or(10);
-    let header = std::iter::once(Bytes::from_static(b"row,square\n"));
+    let header = std::iter::once(String::from("row,square\n"));
     let pages = (0..rows.div_ceil(100)).map(move |page| {
         let mut csv = String::new();
         for row in page * 100 + 1..=rows.min(page * 100 + 100) {
             let _ = writeln!(csv, "{row},{}", row * row);
         }
-        Bytes::from(csv)
+        csv
     });
-    let mut response = Response::new(IterBody::new(header.chain(pages).map(Ok)));
+    let mut response = Response::new(IterBody::from_chunks(header.chain(pages)));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -51,7 +51,7 @@ use tower_layer::Layer;
 pub const THREAD_PREFIX: &str = "hyper-worker";
 
 /// The most bytes `POST /hash` reads.
-pub const UPLOAD_LIMIT: u64 = 64 * 1024 * 1024;
+pub const UPLOAD_LIMIT: usize = 64 * 1024 * 1024;
 
 /// The size of each response frame.
 const CHUNK: usize = 64 * 1024;
@@ -182,7 +182,7 @@ fn handle(request: Request<Incoming>) -> Response<AppBody> {
             (Some(seed), Some(len)) => {
                 let body = ReaderBody::new(Pattern::new(seed, len))
                     .chunk_size(CHUNK)
-                    .len(len);
+                    .with_length(len);
                 Response::new(boxed(body))
             }
             _ => text(StatusCode::BAD_REQUEST, "usage: /bytes/{seed}/{len}\n"),

@@ -174,6 +174,14 @@ impl Body for ThreadAffinityBody {
     }
 }
 
+/// An empty body: no frames, an exact size of zero, ended. Layers that
+/// answer by themselves (tower-http's `TimeoutLayer`) need it.
+impl Default for ThreadAffinityBody {
+    fn default() -> Self {
+        Self::full(Bytes::new())
+    }
+}
+
 impl fmt::Debug for ThreadAffinityBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {

@@ -23,6 +23,7 @@ use std::fmt;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
+pub use crate::response_body::ResponseBody;
 use crate::ThreadAffinityBody;
 
 /// A type-erased error, as used by the body of every response.

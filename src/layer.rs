@@ -20,12 +20,11 @@ use crate::{Builder, ShutdownReport, ThreadAffinity, WorkerId};
 /// use http::{Request, Response};
 /// use tower::{Service, ServiceExt};
 /// use tower_affinity::{blocking, ThreadAffinityLayer};
-/// use tower_layer::Layer;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Infallible> {
 /// let layer = ThreadAffinityLayer::builder().workers(2).max_streams_per_worker(32).build();
-/// let mut svc = layer.layer(blocking::service_fn(|_req: Request<String>| {
+/// let mut svc = layer.service(blocking::service_fn(|_req: Request<String>| {
 ///     // Plain blocking code, on a worker thread.
 ///     Response::new(format!("hello from {}", std::thread::current().name().unwrap()))
 /// }));
@@ -65,6 +64,14 @@ impl ThreadAffinityLayer {
         self.pool.stats()
     }
 
+    /// Publishes [`stats`](Self::stats) through the `metrics` facade, to
+    /// the installed recorder: call it where the exporter renders. See
+    /// [`metrics`](crate::metrics) for the names.
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) {
+        crate::metrics::publish(&self.pool.config().thread_name, &self.pool.stats());
+    }
+
     /// Shuts the pool down gracefully, for every layer and service that
     /// shares it: new requests get `503` at once, requests already admitted
     /// (queued or running, streams included) finish, then each worker drops
@@ -87,6 +94,26 @@ impl ThreadAffinityLayer {
     /// themselves when those calls return.
     pub async fn shutdown_timeout(&self, deadline: Duration) -> ShutdownReport {
         self.pool.shutdown(Some(deadline)).await
+    }
+
+    /// Wraps `inner`, which each worker clones once, on first use there.
+    ///
+    /// The same as [`Layer::layer`], without importing the trait.
+    ///
+    /// ```
+    /// use http::{Request, Response};
+    /// use tower_affinity::{blocking, ThreadAffinityLayer};
+    ///
+    /// let layer = ThreadAffinityLayer::new(2);
+    /// let svc = layer.service(blocking::service_fn(|_req: Request<()>| Response::new(String::from("hi"))));
+    /// // With axum: Router::new().route_service("/hi", svc)
+    /// # let _ = svc;
+    /// ```
+    pub fn service<S>(&self, inner: S) -> ThreadAffinity<S>
+    where
+        S: Clone + Send + 'static,
+    {
+        ThreadAffinity::new(inner, self.pool.clone())
     }
 
     /// Runs a service that `factory` builds on each worker thread, the first
@@ -131,7 +158,7 @@ where
     type Service = ThreadAffinity<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ThreadAffinity::new(inner, self.pool.clone())
+        self.service(inner)
     }
 }
 

@@ -28,12 +28,11 @@
 //! use http_body_util::BodyExt;
 //! use tower::{Service, ServiceExt};
 //! use tower_affinity::{blocking, ThreadAffinityLayer};
-//! use tower_layer::Layer;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Infallible> {
 //! let layer = ThreadAffinityLayer::new(2);
-//! let mut svc = layer.layer(blocking::service_fn(|req: Request<String>| {
+//! let mut svc = layer.service(blocking::service_fn(|req: Request<String>| {
 //!     // Plain blocking code: it runs on a worker thread, never on the runtime.
 //!     let greeting = format!("hello, {}", req.body());
 //!     Response::new(greeting)
@@ -48,8 +47,9 @@
 //!
 //! # With axum, tonic and tower
 //!
-//! - `Router::new().route_service("/path", layer.layer(svc))` runs one
-//!   blocking service (a [`blocking::service_fn`], say) on the workers.
+//! - `Router::new().route_service("/path", layer.service(svc))` runs one
+//!   blocking service (a [`blocking::service_fn`] or
+//!   [`blocking::try_service_fn`], say) on the workers.
 //! - `router.layer(layer)` runs every route of `router` on the workers,
 //!   its fallback included. Its handlers are still `async fn`s to axum, but
 //!   may block freely: they run on a worker thread. Extractors, `State`, and
@@ -57,7 +57,7 @@
 //!   the routes it follows only. Routes outside stay on the runtime.
 //! - With tonic, `Server::builder().layer(layer)` runs every gRPC service
 //!   on the workers; with the `tonic` feature,
-//!   `add_service(layer.layer(svc))` runs one.
+//!   `add_service(layer.service(svc))` runs one.
 //! - Every application of the layer shares its threads.
 //! - tower's `Timeout` and `ConcurrencyLimit` outside the layer see the
 //!   response future, not the body: a timeout that fires cancels the
@@ -65,6 +65,81 @@
 //!   permit is released when the head arrives. To bound streams, use
 //!   [`response_deadline`](Builder::response_deadline) and
 //!   [`max_streams_per_worker`](Builder::max_streams_per_worker).
+//!   Layers that answer by themselves (tower-http's `TimeoutLayer`) use
+//!   [`ThreadAffinityBody`]'s `Default`, an empty body.
+//!
+//! A whole router under the layer, beside a route that stays on the
+//! runtime, and a large response read from a [`std::io::Read`] on the worker
+//! and returned from an axum handler with `axum::body::Body::new`:
+//!
+//! ```
+//! use axum::body::Body;
+//! use axum::extract::Path;
+//! use axum::http::{Request, StatusCode};
+//! use axum::routing::get;
+//! use axum::Router;
+//! use tower::ServiceExt;
+//! use tower_affinity::blocking::ReaderBody;
+//! use tower_affinity::ThreadAffinityLayer;
+//!
+//! /// An axum handler of plain blocking code: it runs on a worker thread.
+//! async fn report(Path(name): Path<String>) -> String {
+//!     let rows = std::fs::read_to_string("Cargo.toml").map_or(0, |text| text.lines().count());
+//!     format!("{name}: {rows} rows\n")
+//! }
+//!
+//! /// A file streamed in chunks: each `read` runs on the worker, only when
+//! /// the client has room for the next chunk.
+//! async fn download() -> Result<Body, StatusCode> {
+//!     let file = std::fs::File::open("big.csv").map_err(|_| StatusCode::NOT_FOUND)?;
+//!     let len = file.metadata().map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?.len();
+//!     // With the length known, hyper sends `Content-Length`.
+//!     Ok(Body::new(ReaderBody::new(file).with_length(len)))
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let layer = ThreadAffinityLayer::new(4);
+//! // Every route of `legacy`, and its fallback, runs on the workers.
+//! let legacy = Router::new()
+//!     .route("/reports/{name}", get(report))
+//!     .route("/download", get(download))
+//!     .layer(layer.clone());
+//! let app = Router::new()
+//!     .route("/health", get(|| async { "ok\n" })) // stays on the runtime
+//!     .merge(legacy);
+//!
+//! let request = Request::get("/reports/q3").body(Body::empty()).unwrap();
+//! let response = app.clone().oneshot(request).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::OK);
+//! let request = Request::get("/download").body(Body::empty()).unwrap();
+//! assert_eq!(app.oneshot(request).await.unwrap().status(), StatusCode::NOT_FOUND);
+//! # }
+//! ```
+//!
+//! # Fallible handlers
+//!
+//! [`blocking::try_service_fn`] takes a closure that returns
+//! `Result<Response<B>, E>`, so `?` works on rusqlite's and `std::io`'s
+//! errors: an `Err` answers `500` with a fixed plain-text body (the error's
+//! text never reaches the client) and, with the `tracing` feature, is logged
+//! at `ERROR`.
+//!
+//! ```
+//! use http::{Request, Response};
+//! use tower_affinity::{blocking, ThreadAffinityLayer, WorkerId};
+//!
+//! let layer = ThreadAffinityLayer::new(4);
+//! let count = layer.service_with(|_worker: WorkerId| {
+//!     let db = rusqlite::Connection::open_in_memory().unwrap(); // one per worker
+//!     blocking::try_service_fn(move |_req: Request<axum::body::Body>| {
+//!         let n: i64 = db.query_row("SELECT count(*) FROM orders", [], |row| row.get(0))?;
+//!         Ok::<_, rusqlite::Error>(Response::new(format!("{n} orders\n")))
+//!     })
+//! });
+//! let app: axum::Router = axum::Router::new().route_service("/orders/count", count);
+//! # let _ = app;
+//! ```
 //!
 //! # Threading model
 //!
@@ -106,7 +181,7 @@
 //!
 //! # Per-thread state
 //!
-//! [`ThreadAffinityLayer::layer`](tower_layer::Layer::layer) wraps a
+//! [`ThreadAffinityLayer::service`] (or [`Layer::layer`]) wraps a
 //! `Clone + Send` service: each worker clones it once, on first use.
 //! [`ThreadAffinityLayer::service_with`] takes a factory instead, called on
 //! each worker thread, for services that are not `Send`: a database
@@ -129,6 +204,28 @@
 //! - [`queue_capacity`](Builder::queue_capacity): requests waiting for a
 //!   worker; past it, `poll_ready` waits (or requests get `503`, under
 //!   [`Overload::Reject`]).
+//!
+//! ## Sizing for handlers that block on I/O
+//!
+//! A worker inside a database query or a blocking HTTP call serves nothing
+//! else until it returns, so for such handlers the pool's size is the
+//! number of calls in flight at once, not a number of cores. Size it by the
+//! resource the calls wait on:
+//!
+//! - `workers`: the calls you want running at steady state, and so the
+//!   connections (or other per-worker resources) held open all the time:
+//!   about `cores × (1 + wait / compute)` for a handler that waits `wait`
+//!   and computes `compute`, rounded to what the backend serves well.
+//! - `max_workers`: the ceiling. While every worker is blocked and
+//!   unkeyed requests wait, the pool starts spare workers up to
+//!   `max_workers` threads in all, and retires them after `keep_alive`
+//!   idle. Each spare builds its own service instances (a factory given to
+//!   [`service_with`](ThreadAffinityLayer::service_with) runs again there),
+//!   so `max_workers` is also the most database connections the pool ever
+//!   opens: set it to the connection limit you grant this process, and
+//!   never above the database's own.
+//! - Quick or CPU-bound handlers never start spares; keyed requests go to
+//!   the core workers only.
 //!
 //! # Overload
 //!
@@ -179,6 +276,12 @@
 //!   wrapped gRPC service mounts with `Server::builder().add_service(..)`.
 //!   Off by default (without it, wrap the whole server with
 //!   `Server::builder().layer(layer)`).
+//! - `metrics`: `ThreadAffinityLayer::publish_metrics` publishes the
+//!   pool's figures (queue, active, threads, admitted, rejected, timed out,
+//!   panicked, replaced, and a histogram of queue wait) through the
+//!   `metrics` facade; see `metrics` for the names. Off by default.
+//! - `serde`: [`stats::Stats`] is `serde::Serialize`, for an endpoint of
+//!   your own. Off by default.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -195,9 +298,13 @@ mod channel;
 pub mod error;
 pub mod future;
 mod layer;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod pool;
 pub mod prebuffer;
 mod reply;
+mod response_body;
 mod service;
 mod shutdown;
 pub mod stats;
@@ -213,3 +320,6 @@ pub use self::layer::ThreadAffinityLayer;
 pub use self::service::ThreadAffinity;
 pub use self::shutdown::ShutdownReport;
 pub use self::worker_id::WorkerId;
+/// Tower's `Layer` trait, re-exported so that `layer.layer(svc)` and
+/// `ServiceBuilder::layer` work without a direct dependency on `tower-layer`.
+pub use tower_layer::Layer;

@@ -23,6 +23,7 @@ use crate::pool::probe;
 
 /// A snapshot of a pool: per-worker figures and pool totals.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Stats {
     workers: Vec<WorkerStats>,
     queued: usize,
@@ -34,6 +35,7 @@ pub struct Stats {
 
 /// Pool-wide figures about spare workers, as [`Counters::snapshot`] takes them.
 #[derive(Debug, Clone, Copy, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub(crate) struct SpareFigures {
     pub(crate) started: u64,
     pub(crate) retired: u64,
@@ -115,6 +117,7 @@ impl Stats {
 
 /// A snapshot of one worker.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct WorkerStats {
     index: usize,
     spare: bool,

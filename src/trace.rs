@@ -3,10 +3,11 @@
 //! Events (target `tower_affinity`): `enqueued` and `rejected` on the
 //! caller's thread; `started`, `head sent`, `ended`, `cancelled` at `DEBUG`
 //! and `panicked` at `WARN` on the worker, inside the caller's span, which
-//! is carried to the worker with the request. Pool events: `spare worker
-//! started` and `spare worker retired` at `INFO`, `could not start a worker
-//! thread` at `WARN`. Without the feature these
-//! compile to nothing.
+//! is carried to the worker with the request; `handler failed` (a
+//! `try_service_fn` error, in field `error`) at `ERROR`. Pool events:
+//! `spare worker started` and `spare worker retired` at `INFO`, `could not
+//! start a worker thread` at `WARN`. Without the feature these compile to
+//! nothing.
 
 #[cfg(feature = "tracing")]
 macro_rules! debug {
@@ -44,7 +45,19 @@ macro_rules! info {
     };
 }
 
-pub(crate) use {debug, info, warning};
+#[cfg(feature = "tracing")]
+macro_rules! error {
+    ($($arg:tt)+) => { ::tracing::error!(target: "tower_affinity", $($arg)+) };
+}
+
+#[cfg(not(feature = "tracing"))]
+macro_rules! error {
+    ($($arg:tt)+) => {
+        ()
+    };
+}
+
+pub(crate) use {debug, error, info, warning};
 
 /// The caller's span, carried to the worker.
 #[cfg(feature = "tracing")]

@@ -163,7 +163,11 @@ async fn exact_size_hint_survives() {
     }));
     let mut many = layer.layer(service_fn(|_: Request<()>| {
         let reader = Cursor::new(vec![7u8; LEN]);
-        Response::new(ReaderBody::new(reader).chunk_size(CHUNK).len(LEN as u64))
+        Response::new(
+            ReaderBody::new(reader)
+                .chunk_size(CHUNK)
+                .with_length(LEN as u64),
+        )
     }));
 
     let body = send(&mut one, get("/")).await.into_body();

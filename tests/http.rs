@@ -37,10 +37,10 @@ use tower_service::Service;
 const TIME_LIMIT: Duration = Duration::from_secs(60);
 
 /// The most `/upload` reads before answering 413.
-const UPLOAD_LIMIT: u64 = 8 * 1024 * 1024;
+const UPLOAD_LIMIT: usize = 8 * 1024 * 1024;
 
 /// The most `/echo` reads before answering 413.
-const ECHO_LIMIT: u64 = 1024 * 1024;
+const ECHO_LIMIT: usize = 1024 * 1024;
 
 /// The worker threads' name prefix; every response says which thread made it.
 const THREAD_PREFIX: &str = "http-test";
@@ -133,7 +133,9 @@ fn handle(request: Request<Incoming>, gate: &Gate) -> Response<AppBody> {
             let (seed, len) = (num(1).unwrap(), num(2).unwrap());
             let reader = PatternReader { seed, pos: 0, len };
             Response::new(boxed(
-                ReaderBody::new(reader).chunk_size(64 * 1024).len(len),
+                ReaderBody::new(reader)
+                    .chunk_size(64 * 1024)
+                    .with_length(len),
             ))
         }
         // Many frames, length unknown: `IterBody`.
@@ -570,8 +572,8 @@ async fn large_upload_is_read_on_the_worker() {
         let cases = [
             (21, 6 * 1024 * 1024 + 7, true),
             (22, 6 * 1024 * 1024 + 7, false),
-            (23, UPLOAD_LIMIT, true),
-            (24, UPLOAD_LIMIT, false),
+            (23, UPLOAD_LIMIT as u64, true),
+            (24, UPLOAD_LIMIT as u64, false),
         ];
         for (seed, len, with_length) in cases {
             let upload = pattern(seed, len);
@@ -624,7 +626,7 @@ async fn upload_over_the_limit_is_413() {
         // body still open. The handler has read the limit and one more byte.
         let (sender, body) = channel_body();
         let feed = tokio::spawn(async move {
-            let upload = Bytes::from(pattern(31, UPLOAD_LIMIT + 1));
+            let upload = Bytes::from(pattern(31, UPLOAD_LIMIT as u64 + 1));
             for at in (0..upload.len()).step_by(256 * 1024) {
                 let chunk = upload.slice(at..upload.len().min(at + 256 * 1024));
                 if sender.send(chunk).await.is_err() {
@@ -653,7 +655,7 @@ async fn reader_body_that_ends_before_its_declared_length_fails() {
     // Directly: 100 bytes declared as 150, in 64-byte chunks.
     let body = ReaderBody::new(io::Cursor::new(vec![7u8; 100]))
         .chunk_size(64)
-        .len(150);
+        .with_length(150);
     match body.collect().await {
         Ok(short) => panic!(
             "ended cleanly after {} of 150 declared bytes",
@@ -668,7 +670,7 @@ async fn reader_body_that_ends_before_its_declared_length_fails() {
         Response::new(
             ReaderBody::new(io::Cursor::new(vec![7u8; 100]))
                 .chunk_size(64)
-                .len(150),
+                .with_length(150),
         )
     }));
     bounded(async {

@@ -54,13 +54,15 @@ fn handler(req: Request<PrebufferedBody<Upload>>) -> Response<String> {
     }
     let mut data = Vec::new();
     blocking::BodyReader::new(req.into_body())
-        .limit(u64::MAX)
+        .limit(usize::MAX)
         .read_to_end(&mut data)
         .unwrap();
     Response::new(data.len().to_string())
 }
 
-async fn text(response: Response<tower_affinity::ThreadAffinityBody>) -> (StatusCode, String) {
+async fn text(
+    response: Response<tower_affinity::error::ResponseBody<tower_affinity::ThreadAffinityBody>>,
+) -> (StatusCode, String) {
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8(body.to_vec()).unwrap())

@@ -71,7 +71,7 @@ fn fed_body(chunks: Vec<Bytes>, start: Option<mpsc::UnboundedReceiver<()>>) -> U
 /// streamed `ReaderBody` of exact length) and its hash, or `413` saying what
 /// the read failed with.
 fn echo(
-    limit: u64,
+    limit: usize,
     started: mpsc::UnboundedSender<()>,
 ) -> impl FnMut(Request<Upload>) -> Response<ReaderBody<Cursor<Vec<u8>>>> + Clone {
     move |req: Request<Upload>| {
@@ -84,7 +84,7 @@ fn echo(
             Ok(len) => {
                 let hash = fnv(&upload).to_string();
                 let mut response =
-                    Response::new(ReaderBody::new(Cursor::new(upload)).len(len as u64));
+                    Response::new(ReaderBody::new(Cursor::new(upload)).with_length(len as u64));
                 response
                     .headers_mut()
                     .insert("x-hash", hash.parse().unwrap());
@@ -94,7 +94,7 @@ fn echo(
                 let limit = error
                     .get_ref()
                     .and_then(|inner| inner.downcast_ref::<LengthLimitError>())
-                    .map_or(String::from("none"), |e| e.limit().to_string());
+                    .map_or(String::from("none"), |_| limit.to_string());
                 let mut response = Response::new(ReaderBody::new(Cursor::new(Vec::new())));
                 *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
                 let headers = response.headers_mut();
@@ -160,7 +160,7 @@ async fn upload_of_many_frames_is_read_intact() {
 /// while reading); the handler answers `413` and the worker keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_over_the_limit_is_refused() {
-    const LIMIT: u64 = 1000;
+    const LIMIT: usize = 1000;
     let (started, _start) = mpsc::unbounded_channel();
     let layer = ThreadAffinityLayer::builder().workers(1).build();
     let mut svc = layer.layer(service_fn(echo(LIMIT, started)));

@@ -1,3 +1,4 @@
+use std::convert::Infallible;
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -26,6 +27,55 @@ impl<I> IterBody<I> {
     /// A body yielding the iterator's chunks as data frames.
     pub fn new(iter: I) -> Self {
         Self { iter: Some(iter) }
+    }
+}
+
+impl<I> IterBody<Chunks<I>> {
+    /// A body from an iterator of plain chunks that cannot fail: anything
+    /// `Into<Bytes>` (`String`, `Vec<u8>`, `&'static str`, `Bytes`).
+    ///
+    /// ```
+    /// use tower_affinity::blocking::IterBody;
+    /// let csv = IterBody::from_chunks((0..3).map(|i| format!("{i},row {i}\n")));
+    /// let parts = IterBody::from_chunks(vec!["id,", "name\n"]);
+    /// # let _ = (csv, parts);
+    /// ```
+    pub fn from_chunks<C>(chunks: C) -> Self
+    where
+        C: IntoIterator<IntoIter = I>,
+    {
+        Self::new(Chunks {
+            iter: chunks.into_iter(),
+        })
+    }
+}
+
+/// The iterator behind [`IterBody::from_chunks`]: each chunk as
+/// `Ok(Bytes)`.
+pub struct Chunks<I> {
+    iter: I,
+}
+
+impl<I> Iterator for Chunks<I>
+where
+    I: Iterator,
+    I::Item: Into<Bytes>,
+{
+    type Item = Result<Bytes, Infallible>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.iter.next().map(|chunk| Ok(chunk.into()))
+    }
+
+    // Forwarded: `IterBody::is_end_stream` reads it.
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.iter.size_hint()
+    }
+}
+
+impl<I> fmt::Debug for Chunks<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chunks").finish_non_exhaustive()
     }
 }
 

@@ -8,7 +8,9 @@ use std::thread::{self, Thread};
 
 use bytes::{Buf, Bytes};
 use http_body::Body;
+use http_body_util::{Full, Limited};
 
+use super::LengthLimitError;
 use crate::error::BoxError;
 
 /// The request body as a blocking [`Read`], for handler code on a worker.
@@ -25,7 +27,8 @@ use crate::error::BoxError;
 /// The total size is limited ([`DEFAULT_LIMIT`](Self::DEFAULT_LIMIT) unless
 /// set with [`limit`](Self::limit)): past it, `read` fails with an error of
 /// kind [`InvalidData`](io::ErrorKind::InvalidData) wrapping a
-/// [`LengthLimitError`], which a handler can answer with `413`.
+/// [`LengthLimitError`] (http-body-util's, as `Limited` uses), which a
+/// handler can answer with `413`.
 ///
 /// ```
 /// use std::io::Read;
@@ -41,14 +44,14 @@ use crate::error::BoxError;
 pub struct BodyReader<B> {
     body: Pin<Box<B>>,
     chunk: Bytes,
-    limit: u64,
+    limit: usize,
     seen: u64,
     done: bool,
 }
 
 impl<B> BodyReader<B> {
     /// The default limit: 2 MiB, as axum's `DefaultBodyLimit`.
-    pub const DEFAULT_LIMIT: u64 = 2 * 1024 * 1024;
+    pub const DEFAULT_LIMIT: usize = 2 * 1024 * 1024;
 
     /// Reads `body`, up to [`DEFAULT_LIMIT`](Self::DEFAULT_LIMIT) bytes.
     pub fn new(body: B) -> Self {
@@ -62,7 +65,12 @@ impl<B> BodyReader<B> {
     }
 
     /// Sets the most bytes this reader accepts.
-    pub fn limit(mut self, bytes: u64) -> Self {
+    ///
+    /// A `usize`, as every byte limit of this crate and of the layers it
+    /// sits beside (axum's `DefaultBodyLimit`, tower-http's
+    /// `RequestBodyLimitLayer`, http-body-util's `Limited`), so one
+    /// constant serves them all.
+    pub fn limit(mut self, bytes: usize) -> Self {
         self.limit = bytes;
         self
     }
@@ -75,7 +83,7 @@ where
 {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while !self.chunk.has_remaining() && !self.done {
-            if self.body.size_hint().lower() > self.limit {
+            if self.body.size_hint().lower() > self.limit as u64 {
                 return Err(self.over_limit());
             }
             let mut body = self.body.as_mut();
@@ -95,7 +103,7 @@ where
                     if let Ok(mut data) = frame.into_data() {
                         let len = data.remaining();
                         self.seen += len as u64;
-                        if self.seen > self.limit {
+                        if self.seen > self.limit as u64 {
                             self.done = true;
                             return Err(self.over_limit());
                         }
@@ -113,10 +121,7 @@ where
 
 impl<B> BodyReader<B> {
     fn over_limit(&self) -> io::Error {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            LengthLimitError { limit: self.limit },
-        )
+        io::Error::new(io::ErrorKind::InvalidData, length_limit_error())
     }
 }
 
@@ -130,30 +135,20 @@ impl<B> fmt::Debug for BodyReader<B> {
     }
 }
 
-/// The request body is larger than the [`BodyReader`]'s limit.
-#[derive(Debug)]
-pub struct LengthLimitError {
-    limit: u64,
-}
-
-impl LengthLimitError {
-    /// The limit that was exceeded, in bytes.
-    pub fn limit(&self) -> u64 {
-        self.limit
+/// A [`LengthLimitError`], boxed.
+///
+/// http-body-util's type is `#[non_exhaustive]`: the one way to make one is
+/// to have a `Limited` body refuse a byte. It is ready at once, no waker used.
+fn length_limit_error() -> BoxError {
+    let mut over = Limited::new(Full::new(Bytes::from_static(b"!")), 0);
+    match Pin::new(&mut over).poll_frame(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Some(Err(error))) => {
+            debug_assert!(error.is::<LengthLimitError>());
+            error
+        }
+        _ => unreachable!("a one-byte body over a zero-byte limit fails"),
     }
 }
-
-impl fmt::Display for LengthLimitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "request body is larger than the limit of {} bytes",
-            self.limit
-        )
-    }
-}
-
-impl std::error::Error for LengthLimitError {}
 
 /// Wakes a parked thread.
 struct Unpark(Thread);

@@ -18,7 +18,7 @@ use http_body::{Body, Frame, SizeHint};
 /// let file = std::fs::File::open("big.csv")?;
 /// let len = file.metadata()?.len();
 /// // With the length known, hyper sends `Content-Length`.
-/// let body = ReaderBody::new(file).chunk_size(256 * 1024).len(len);
+/// let body = ReaderBody::new(file).chunk_size(256 * 1024).with_length(len);
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct ReaderBody<R> {
@@ -56,8 +56,7 @@ impl<R> ReaderBody<R> {
     /// exactly `len` bytes and stops there; a reader that ends earlier
     /// fails the body with [`UnexpectedEof`](io::ErrorKind::UnexpectedEof),
     /// never a short clean end.
-    #[allow(clippy::len_without_is_empty)]
-    pub fn len(mut self, len: u64) -> Self {
+    pub fn with_length(mut self, len: u64) -> Self {
         self.remaining = Some(len);
         self
     }

@@ -130,7 +130,7 @@ pub(crate) struct Envelope {
     // Held while an unkeyed job waits in the shared queue; released when a
     // worker takes it.
     _permit: Option<OwnedSemaphorePermit>,
-    // Set only when there is a queue timeout.
+    // Set only when there is a queue timeout (or for the metrics' queue wait).
     enqueued: Option<Instant>,
 }
 
@@ -312,7 +312,8 @@ impl Pool {
         let envelope = Envelope {
             job,
             _permit: permit,
-            enqueued: self.config().queue_timeout.map(|_| Instant::now()),
+            enqueued: (cfg!(feature = "metrics") || self.config().queue_timeout.is_some())
+                .then(Instant::now),
         };
         match queue.try_send(envelope) {
             Ok(()) => {

@@ -411,6 +411,8 @@ impl WorkerState {
             // Withdrawn by its caller: answered already, or nobody waits.
             return;
         }
+        #[cfg(feature = "metrics")]
+        crate::metrics::queue_wait(&self.core.config.thread_name, self.id.index(), enqueued);
         // Claimed: from here the caller cannot withdraw it, so a timeout
         // seen here (a caller off any Tokio runtime keeps no timer) is
         // counted once.
