@@ -231,8 +231,12 @@
 //!
 //! `poll_ready` reserves a place in the queue, as tower's `Buffer` does, so
 //! `LoadShed`, `ConcurrencyLimit` and hyper's backpressure compose with the
-//! layer. [`queue_timeout`](Builder::queue_timeout) answers `503` to a
-//! request that waited too long, and
+//! layer. With affinity keys, `poll_ready` reserves nothing (the key is not
+//! known yet): a keyed request is bounded by its worker's own queue, and an
+//! unkeyed one waits for its place in its response future.
+//! [`queue_timeout`](Builder::queue_timeout) answers `503` to a request that
+//! waited too long, timed by the caller so that it holds while every worker
+//! is stuck, and
 //! [`response_deadline`](Builder::response_deadline) ends streams that run
 //! too long. [`ThreadAffinityLayer::stats`] shows each worker's queue,
 //! load, and how long its current poll has run. Slow uploads can be read
@@ -265,7 +269,13 @@
 //! [`ThreadAffinityLayer::shutdown`] drains gracefully instead (queued
 //! requests are served), and
 //! [`shutdown_timeout`](ThreadAffinityLayer::shutdown_timeout) cuts what
-//! is left after a deadline.
+//! is left after a deadline: it returns soon after the deadline even while
+//! workers are stuck in blocking calls, with a [`ShutdownReport`] naming
+//! them, and those threads end by themselves when their calls return.
+//!
+//! A wrapped service's instances do not wait for the pool: once the last
+//! handle of a service (and its last queued request) is gone, each worker
+//! drops its instance on its own thread.
 //!
 //! # Feature flags
 //!
