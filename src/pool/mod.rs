@@ -23,6 +23,7 @@
 
 mod idle;
 mod lifecycle;
+mod ready;
 mod task;
 mod unwind;
 mod worker;

@@ -7,10 +7,8 @@
 //! channel's. Either way the task returns and drops what it holds, on this
 //! thread.
 
-use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -21,6 +19,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tower_service::Service;
 
+use super::ready::{Instance, ReadyQueue, Turn};
 use super::unwind::{guard, Guarded};
 use super::worker::{Active, LocalTask, WorkerState};
 use super::Job;
@@ -87,7 +86,8 @@ where
             deadline: config.response_deadline,
         };
         span.in_scope(|| trace::debug!(worker = worker.id().index(), "started"));
-        let made = guard(|| worker.instance(shared.id(), || shared.make(worker.id())));
+        let made =
+            guard(|| worker.instance(shared.id(), || ReadyQueue::new(shared.make(worker.id()))));
         let Ok(service) = made else {
             answer_panic(reply, &active);
             // A zero-sized future: boxing it allocates nothing.
@@ -114,7 +114,7 @@ struct Limits {
 /// takes its input by value, so that the task's state holds one step's
 /// values at a time: the task is boxed per request, and small is cheap.
 async fn serve<S, B, ResBody>(
-    service: Rc<RefCell<S>>,
+    service: Instance<S>,
     request: Request<B>,
     reply: oneshot::Sender<Reply<S::Error>>,
     limits: Limits,
@@ -134,10 +134,10 @@ async fn serve<S, B, ResBody>(
     send_head(response, reply, limits.body_buffer, deadline, active).await;
 }
 
-/// Waits for the service to be ready and calls it; `None` if the request
-/// was answered (error, panic) or cancelled meanwhile.
+/// Waits for its turn and for the service to be ready, and calls it;
+/// `None` if the request was answered (error, panic) or cancelled meanwhile.
 async fn call<S, B>(
-    service: Rc<RefCell<S>>,
+    service: Instance<S>,
     request: Request<B>,
     mut reply: oneshot::Sender<Reply<S::Error>>,
     active: &Active,
@@ -146,14 +146,21 @@ where
     S: Service<Request<B>>,
 {
     // Readiness and call happen in one poll: no other task on this thread
-    // can run in between and use up the readiness this one saw.
+    // can run in between and use up the readiness this one saw. Only the
+    // request whose turn it is polls readiness (see `ready`); the turn is
+    // handed on when this function returns, whatever the outcome.
+    let mut turn = Turn::new(service.clone());
     let mut request = Some(request);
     let called = poll_fn(|cx| {
         if reply.poll_closed(cx).is_ready() {
             return Poll::Ready(None);
         }
+        if turn.poll_owner(cx).is_pending() {
+            return Poll::Pending;
+        }
         let polled = guard(|| {
-            let mut service = service.borrow_mut();
+            let mut queue = service.borrow_mut();
+            let service = &mut queue.service;
             match service.poll_ready(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
@@ -163,12 +170,17 @@ where
             }
         });
         match polled {
-            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Pending) => {
+                turn.wait(cx);
+                Poll::Pending
+            }
             Ok(Poll::Ready(called)) => Poll::Ready(Some(Ok(called))),
             Err(panic) => Poll::Ready(Some(Err(panic))),
         }
     })
     .await;
+    // The next waiter owns readiness now.
+    turn.leave();
     match called {
         None => trace::debug!("cancelled"),
         Some(Err(_)) => answer_panic(reply, active),
