@@ -23,6 +23,7 @@
 
 mod idle;
 mod lifecycle;
+mod pump;
 mod ready;
 mod task;
 mod unwind;
@@ -61,6 +62,7 @@ pub(crate) struct Config {
     pub(crate) queue_capacity: usize,
     pub(crate) max_streams_per_worker: usize,
     pub(crate) body_buffer: usize,
+    pub(crate) merge_frames: usize,
     pub(crate) thread_name: String,
     pub(crate) overload: Overload,
     pub(crate) queue_timeout: Option<Duration>,
