@@ -89,6 +89,15 @@ pub(crate) struct Sender<T> {
 #[derive(Debug)]
 pub(crate) struct Closed;
 
+/// What a send did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sent {
+    /// There is room for another item: the next `poll_ready` can be skipped.
+    pub(crate) room: bool,
+    /// The item was merged into the last one queued.
+    pub(crate) merged: bool,
+}
+
 impl<T> Sender<T> {
     /// Ready when there is room for one item; an error once the reader has
     /// gone.
@@ -114,12 +123,11 @@ impl<T> Sender<T> {
         Poll::Pending
     }
 
-    /// Queues `item`; then whether there is room for another (so the next
-    /// `poll_ready` can be skipped), or `Closed` if the reader has gone
-    /// (the item is dropped). Call it after `poll_ready` said there is
-    /// room; an item beyond capacity is queued anyway (the bound is kept by
-    /// asking first).
-    pub(crate) fn send(&self, item: T) -> Result<bool, Closed> {
+    /// Queues `item`, or says `Closed` if the reader has gone (the item is
+    /// dropped). Call it after `poll_ready` said there is room; an item
+    /// beyond capacity is queued anyway (the bound is kept by asking
+    /// first).
+    pub(crate) fn send(&self, item: T) -> Result<Sent, Closed> {
         self.send_merging(item, |_, item| Err(item))
     }
 
@@ -130,7 +138,7 @@ impl<T> Sender<T> {
         &self,
         item: T,
         merge: impl FnOnce(&mut T, T) -> Result<(), T>,
-    ) -> Result<bool, Closed> {
+    ) -> Result<Sent, Closed> {
         let mut state = self.shared.lock();
         if state.reader_gone {
             drop(state);
@@ -143,6 +151,7 @@ impl<T> Sender<T> {
             Some(last) => merge(last, item).err(),
             None => Some(item),
         };
+        let merged = item.is_none();
         if let Some(item) = item {
             state.queue.push_back(item);
         }
@@ -152,7 +161,7 @@ impl<T> Sender<T> {
         if let Some(reader) = reader {
             reader.wake();
         }
-        Ok(room)
+        Ok(Sent { room, merged })
     }
 }
 

@@ -20,9 +20,15 @@ use crate::body::{FrameSender, Msg};
 use crate::error::{BoxError, Elapsed};
 use crate::trace;
 
-/// How many frames a stream produces before it yields to the worker's other
+/// How many frames a stream queues before it yields to the worker's other
 /// tasks even if its reader keeps up.
 const FRAMES_PER_TURN: usize = 16;
+
+/// How many times a stream polls its body before it yields, even if what
+/// it produces merges into frames already queued: a body of many small
+/// items yields per this many items, not per item (a yield costs the
+/// worker a turn of its event loop).
+const POLLS_PER_TURN: usize = 1024;
 
 /// How one streamed response is pumped.
 #[derive(Clone, Copy)]
@@ -92,7 +98,7 @@ where
             None => std::future::pending().await,
         }
     });
-    let mut produced = 0usize;
+    let (mut queued, mut polled) = (0usize, 0usize);
     // Whether the last send left room: then there is no need to ask.
     let mut room = false;
     loop {
@@ -139,12 +145,14 @@ where
         if let Some(end) = end {
             return end;
         }
-        match sent {
-            Ok(left) => room = left,
-            Err(_) => return Pumped::Cancelled,
-        }
-        produced += 1;
-        if produced % FRAMES_PER_TURN == 0 {
+        let Ok(sent) = sent else {
+            return Pumped::Cancelled;
+        };
+        room = sent.room;
+        queued += usize::from(!sent.merged);
+        polled += 1;
+        if queued >= FRAMES_PER_TURN || polled >= POLLS_PER_TURN {
+            (queued, polled) = (0, 0);
             tokio::task::yield_now().await;
         }
     }
