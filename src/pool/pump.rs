@@ -41,7 +41,7 @@ pub(super) struct Stream {
 
 /// Streams the rest of a body, then records how it ended.
 pub(super) async fn stream_body<B>(
-    mut body: Pin<Box<Guarded<B>>>,
+    mut body: Pin<&mut Guarded<B>>,
     tx: FrameSender,
     stream: Stream,
     active: Active,

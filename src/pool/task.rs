@@ -233,8 +233,9 @@ async fn send_head<B, E>(
     B::Error: Into<BoxError>,
 {
     let (parts, body) = response.into_parts();
-    // Boxed: a streamed body moves on into its own future below.
-    let mut body = Box::pin(Guarded::new(body));
+    // Pinned in the task, which is allocated anyway: a response of one
+    // frame costs no allocation here. The pump borrows it below.
+    let mut body = pin!(Guarded::new(body));
     let Ok(hint) = body.size_hint() else {
         return answer_panic(reply, &active);
     };
@@ -280,6 +281,7 @@ async fn send_head<B, E>(
     // Boxed, so that only streamed responses pay for the pump's state.
     Box::pin(stream_body(body, tx, pump, active)).await;
 }
+
 /// Sends the reply; a caller that went away no longer wants it.
 fn answer<E>(reply: oneshot::Sender<Reply<E>>, with: Reply<E>) {
     let _ = reply.send(with);
