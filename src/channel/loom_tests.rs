@@ -47,17 +47,28 @@ fn loom_items_end_and_wake_ups_are_never_lost() {
     });
 }
 
-/// A producer waiting for room, and one waiting on its inner body (for
-/// the close), both learn that the reader went away.
+/// A producer waiting for room learns that the reader went away.
 #[test]
-fn loom_reader_drop_wakes_a_waiting_producer() {
+fn loom_reader_drop_wakes_a_producer_waiting_for_room() {
     model(|| {
         let (tx, rx) = channel::<Item>(1);
         let _ = tx.send(Item::Data(0));
         let reader = thread::spawn(move || drop(rx));
         assert!(block_on(poll_fn(|cx| tx.poll_ready(cx))).is_err());
-        block_on(poll_fn(|cx| tx.poll_closed(cx)));
         assert!(tx.send(Item::Data(1)).is_err());
+        reader.join().unwrap();
+    });
+}
+
+/// A producer waiting on its inner body (for the close only, with room
+/// left) learns that the reader went away.
+#[test]
+fn loom_reader_drop_wakes_a_producer_waiting_on_its_body() {
+    model(|| {
+        let (tx, rx) = channel::<Item>(2);
+        let _ = tx.send(Item::Data(0));
+        let reader = thread::spawn(move || drop(rx));
+        block_on(poll_fn(|cx| tx.poll_closed(cx)));
         reader.join().unwrap();
     });
 }
