@@ -228,3 +228,69 @@ async fn cancelled_waiter_does_not_block_the_others() {
     );
     assert_eq!(handler.calls.load(Ordering::SeqCst), 2);
 }
+
+/// An inner service that is not ready until its gate opens, then panics in
+/// the first `poll_ready` after that, and is ready from then on.
+#[derive(Clone)]
+struct PanicsOnce {
+    open: Arc<std::sync::Mutex<(bool, Option<std::task::Waker>)>>,
+    polls_after_open: Arc<AtomicUsize>,
+    inner: Handler,
+}
+
+impl Service<Request<()>> for PanicsOnce {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = <Handler as Service<Request<()>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        let mut open = self.open.lock().unwrap();
+        if !open.0 {
+            open.1 = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        drop(open);
+        if self.polls_after_open.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("poll_ready panicked");
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<()>) -> Self::Future {
+        Service::<Request<()>>::call(&mut self.inner, request)
+    }
+}
+
+/// When the request that owns readiness panics in `poll_ready`, it gets a
+/// 500, and the turn passes on: the requests waiting behind it are served.
+#[tokio::test]
+async fn a_panic_in_poll_ready_passes_the_turn_on() {
+    let layer = ThreadAffinityLayer::new(1);
+    let service = PanicsOnce {
+        open: Arc::default(),
+        polls_after_open: Arc::default(),
+        inner: Handler::new(false),
+    };
+    // The handler's first call waits for its gate: open it at once.
+    service.inner.gate.notify_one();
+    let open = service.open.clone();
+    let mut svc = layer.layer(service);
+    let mut futures = Vec::new();
+    for _ in 0..3 {
+        let ready = within("poll_ready", svc.ready()).await.unwrap();
+        futures.push(tokio::spawn(ready.call(Request::new(()))));
+    }
+    until_active(&layer, 3).await;
+    let waker = {
+        let mut open = open.lock().unwrap();
+        open.0 = true;
+        open.1.take()
+    };
+    waker.expect("the head waits on readiness").wake();
+    let mut statuses = Vec::new();
+    for future in futures {
+        let response = within("every response", future).await.unwrap().unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [500, 200, 200]);
+}
