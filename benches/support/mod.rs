@@ -91,9 +91,20 @@ impl std::fmt::Display for Spread {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:.2}× (worst {:.2}, best {:.2})",
-            self.median, self.worst, self.best
+            "{}× (worst {}, best {})",
+            ratio(self.median),
+            ratio(self.worst),
+            ratio(self.best)
         )
+    }
+}
+
+/// A ratio, written as `1/n` when it is small.
+pub fn ratio(x: f64) -> String {
+    if x >= 0.01 || x <= 0.0 || !x.is_finite() {
+        format!("{x:.2}")
+    } else {
+        format!("1/{:.0}", 1.0 / x)
     }
 }
 
