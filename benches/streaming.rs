@@ -24,7 +24,8 @@
 //! 100,000; 0 skips it) rows of 100 bytes, one per item, for as many rounds.
 //!
 //! Ratios are taken per round against the baselines of the same round, and
-//! the median (with worst and best) over rounds is reported.
+//! the median (with worst and best) over rounds is reported, with the
+//! context switches of the whole process per chunk (or frame) streamed.
 //!
 //! Run with `cargo bench --bench streaming`; `STREAM_BYTES=268435456
 //! STREAM_ROUNDS=5` keeps it under a minute.
@@ -44,7 +45,7 @@ use tower_layer::Layer;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{env_or, loadavg, median, Spread, Watchdog};
+use support::{context_switches, env_or, loadavg, median, Spread, Watchdog};
 
 #[path = "streaming/rows.rs"]
 mod rows;
@@ -234,6 +235,7 @@ fn main() {
     }
     println!();
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut switches: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for round in 1..=rounds {
         print!("{round:<6}");
         for (i, &variant) in variants.iter().enumerate() {
@@ -241,7 +243,9 @@ fn main() {
                 format!("round {round} {}", variant.name()),
                 Duration::from_secs(60),
             );
+            let before = context_switches();
             let (received, elapsed) = runtime.block_on(transfer(&setup, variant, n));
+            switches[i].push((context_switches() - before) as f64 / n as f64);
             drop(watchdog);
             assert_eq!(received.bytes, bytes, "{} lost data", variant.name());
             let rate = bytes as f64 / GIB / elapsed.as_secs_f64();
@@ -259,8 +263,8 @@ fn main() {
     println!();
     println!("per variant over {rounds} rounds; tower_affinity / variant, per round:");
     println!(
-        "{:<20} {:>12} {:>12}   ours / variant: median (worst, best)",
-        "variant", "median GiB/s", "chunks/s"
+        "{:<20} {:>12} {:>12} {:>12}   ours / variant: median (worst, best)",
+        "variant", "median GiB/s", "chunks/s", "ctx sw/chunk"
     );
     for (i, variant) in variants.iter().enumerate() {
         let ratios: Vec<f64> = match ours {
@@ -269,10 +273,11 @@ fn main() {
         };
         let rate = median(rates[i].clone());
         println!(
-            "{:<20} {:>12.2} {:>12.0}   {}",
+            "{:<20} {:>12.2} {:>12.0} {:>12.3}   {}",
             variant.name(),
             rate,
             chunks_per_sec(rate),
+            median(switches[i].clone()),
             Spread::of(&ratios),
         );
     }
