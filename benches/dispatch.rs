@@ -15,9 +15,10 @@
 //!
 //! Each variant runs `DISPATCH_WARMUP_SECS` (default 0.5) unmeasured, then
 //! `DISPATCH_SECS` (default 2) measured; the whole set runs
-//! `DISPATCH_ROUNDS` times (default 3), interleaved, and each variant
-//! reports its round with the most calls/s (noise from other processes only
-//! ever slows a run). `DISPATCH_ONLY=name,name` runs a subset.
+//! `DISPATCH_ROUNDS` times (default 3), interleaved. Each ratio
+//! (tower_affinity / variant) is taken per round, against the baseline of
+//! that round, and reported as the median over rounds with the worst and
+//! best beside it. `DISPATCH_ONLY=name,name` runs a subset.
 //!
 //! `inline` never reaches a pending await, so each runtime thread runs one
 //! caller at a time: it measures the handler and `collect`, nothing else.
@@ -42,7 +43,7 @@ use tower_layer::Layer;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{env_or, loadavg, Watchdog};
+use support::{env_or, loadavg, median, Spread, Watchdog};
 
 const CALLERS: usize = 64;
 const THREADS: usize = 2;
@@ -288,7 +289,7 @@ fn main() {
         "round", "variant", "calls/s", "p50 µs", "p99 µs", "calls"
     );
 
-    let mut best: Vec<Option<Stats>> = vec![None; variants.len()];
+    let mut results: Vec<Vec<Stats>> = vec![Vec::new(); variants.len()];
     for round in 1..=rounds {
         for (i, name) in variants.iter().enumerate() {
             let watchdog = Watchdog::arm(
@@ -306,38 +307,43 @@ fn main() {
                 stats.p99.as_secs_f64() * 1e6,
                 stats.calls
             );
-            if best[i].is_none_or(|b| stats.calls_per_sec > b.calls_per_sec) {
-                best[i] = Some(stats);
-            }
+            results[i].push(stats);
         }
     }
     println!("load average at end: {}", loadavg());
 
-    let best: Vec<Stats> = best.into_iter().map(|s| s.expect("ran")).collect();
-    let Some(ours) = variants
-        .iter()
-        .position(|name| *name == "tower_affinity")
-        .map(|i| best[i])
-    else {
+    let Some(ours) = variants.iter().position(|name| *name == "tower_affinity") else {
         return;
     };
+    // Ratios per round, against the baselines of that same round; then the
+    // median over rounds (noise slows a whole round, both sides alike).
+    let ratio = |i: usize, f: fn(&Stats) -> f64| -> Spread {
+        let per_round: Vec<f64> = (0..rounds)
+            .map(|r| f(&results[ours][r]) / f(&results[i][r]))
+            .collect();
+        Spread::of(&per_round)
+    };
+    let calls = |s: &Stats| s.calls_per_sec;
+    let p99 = |s: &Stats| s.p99.as_secs_f64();
     println!();
-    println!("best round per variant (most calls/s), and tower_affinity / variant:");
     println!(
-        "{:<16} {:>12} {:>10} {:>10} {:>12} {:>10} {:>10}",
-        "variant", "calls/s", "p50 µs", "p99 µs", "calls/s ×", "p50 ×", "p99 ×"
+        "median over {rounds} rounds; tower_affinity / variant per round, median (worst, best):"
     );
-    for (name, stats) in variants.iter().zip(&best) {
+    println!(
+        "{:<16} {:>10} {:>10}   {:<34} p99, ours / variant",
+        "variant", "calls/s", "p99 µs", "calls/s, ours / variant"
+    );
+    for (i, name) in variants.iter().enumerate() {
+        let rates = median(results[i].iter().map(calls).collect());
+        let p99s = median(results[i].iter().map(p99).collect());
         println!(
-            "{:<16} {:>12.0} {:>10.1} {:>10.1} {:>12.2} {:>10.2} {:>10.2}",
+            "{:<16} {:>10.0} {:>10.1}   {:<34} {}",
             name,
-            stats.calls_per_sec,
-            stats.p50.as_secs_f64() * 1e6,
-            stats.p99.as_secs_f64() * 1e6,
-            ours.calls_per_sec / stats.calls_per_sec,
-            ours.p50.as_secs_f64() / stats.p50.as_secs_f64(),
-            ours.p99.as_secs_f64() / stats.p99.as_secs_f64(),
+            rates,
+            p99s * 1e6,
+            ratio(i, calls).to_string(),
+            ratio(i, p99),
         );
     }
-    println!("(calls/s ×: higher is better for tower_affinity; p50/p99 ×: lower is better)");
+    println!("(calls/s ×: higher is better for tower_affinity; p99 ×: lower is better)");
 }

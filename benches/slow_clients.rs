@@ -33,6 +33,9 @@
 //! The bounded channels hold 8 chunks, as the layer's default `body_buffer`.
 //! `spawn_blocking` runs last: its idle threads linger for 10 s.
 //!
+//! `SLOW_ROUNDS` (default 1) repeats the whole set; each ratio is taken
+//! within a round and its median over rounds reported.
+//!
 //! Run with `cargo bench --bench slow_clients`.
 
 use std::convert::Infallible;
@@ -52,7 +55,7 @@ use tower_layer::Layer;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{env_or, loadavg};
+use support::{env_or, loadavg, Spread};
 
 const WORKERS: usize = 2;
 const BUFFER: usize = 8;
@@ -331,15 +334,6 @@ fn percentile(sorted: &[(Duration, bool)], p: f64) -> (Duration, bool) {
     sorted[((sorted.len() - 1) as f64 * p / 100.0).round() as usize]
 }
 
-/// A ratio, written as `1/n` when it is small.
-fn ratio(x: f64) -> String {
-    if x >= 0.01 {
-        format!("{x:.3}")
-    } else {
-        format!("1/{:.0}", 1.0 / x)
-    }
-}
-
 fn show((latency, lower_bound): (Duration, bool)) -> String {
     let ms = latency.as_secs_f64() * 1e3;
     if lower_bound {
@@ -543,14 +537,16 @@ fn main() {
         "(grew)",
         "streams"
     );
+    let rounds: usize = env_or("SLOW_ROUNDS", 1).max(1);
     let mut results = Vec::new();
-    for (name, make) in &variants {
-        let backend = Arc::new(make());
-        let outcome = runtime.block_on(run(backend.clone(), config));
-        // Stop the pool (the naive pool joins its threads) before the next.
-        drop(backend);
-        thread::sleep(Duration::from_millis(300));
-        println!(
+    for round in 0..rounds {
+        for (name, make) in &variants {
+            let backend = Arc::new(make());
+            let outcome = runtime.block_on(run(backend.clone(), config));
+            // Stop the pool (the naive pool joins its threads) before the next.
+            drop(backend);
+            thread::sleep(Duration::from_millis(300));
+            println!(
             "{:<20} {:>5} {:>7} {:>8} {:>8} {:>8} {:>6} {:>8} {:>7} {:>8} {:>7.1} {:>7.1} {:>12}",
             name,
             outcome.fast.len(),
@@ -571,7 +567,8 @@ fn main() {
                 outcome.streams_time.as_secs_f64()
             ),
         );
-        results.push((name.clone(), outcome));
+            results.push((round, name.clone(), outcome));
+        }
     }
 
     println!("load average at end: {}", loadavg());
@@ -590,18 +587,33 @@ fn main() {
     println!("starved: fast requests unanswered at the cutoff (latency then a lower bound, >=)");
 
     let ours_name = format!("tower_affinity/{}", config.max_streams);
-    let Some((_, ours)) = results.iter().find(|(name, _)| *name == ours_name) else {
+    if !results.iter().any(|(_, name, _)| *name == ours_name) {
         return;
-    };
+    }
     println!();
-    println!("{ours_name} / variant (below 1: {ours_name} lower):");
+    println!(
+        "{ours_name} / variant, per round, median over {rounds} round(s) (worst, best); \
+         below 1: {ours_name} lower:"
+    );
     let p99 = |o: &Outcome| percentile(&o.fast, 99.0).0.as_secs_f64();
-    for (name, outcome) in &results {
+    let find = |round: usize, name: &str| {
+        results
+            .iter()
+            .find(|(r, n, _)| *r == round && n == name)
+            .map(|(_, _, outcome)| outcome)
+    };
+    for (name, _) in &variants {
+        let per_round = |f: &dyn Fn(&Outcome) -> f64| {
+            let ratios: Vec<f64> = (0..rounds)
+                .filter_map(|r| Some(f(find(r, &ours_name)?) / f(find(r, name)?)))
+                .collect();
+            Spread::of(&ratios)
+        };
         println!(
-            "{:<20} fast p99 × {:>9}   peak threads × {:>7}",
+            "{:<20} fast p99 × {}   peak threads × {}",
             name,
-            ratio(p99(ours) / p99(outcome)),
-            ratio(ours.threads_peak as f64 / outcome.threads_peak as f64),
+            per_round(&p99),
+            per_round(&|o| o.threads_peak as f64),
         );
     }
 }

@@ -18,9 +18,17 @@
 //! `STREAM_ROUNDS` times (default 15), interleaved (a 1 GiB transfer takes
 //! only tens of milliseconds, and single runs are bimodal: whether the
 //! reader's and the producer's threads park between chunks decides much of
-//! it); the best and the median round are reported.
+//! it).
 //!
-//! Run with `cargo bench --bench streaming`.
+//! Then the `rows` case (see `streaming/rows.rs`): `STREAM_ROWS` (default
+//! 100,000; 0 skips it) rows of 100 bytes, one per item, for as many rounds.
+//!
+//! Ratios are taken per round against the baselines of the same round, and
+//! the median (with worst and best) over rounds is reported, with the
+//! context switches of the whole process per chunk (or frame) streamed.
+//!
+//! Run with `cargo bench --bench streaming`; `STREAM_BYTES=268435456
+//! STREAM_ROUNDS=5` keeps it under a minute.
 
 use std::convert::Infallible;
 use std::thread;
@@ -37,7 +45,10 @@ use tower_layer::Layer;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{env_or, loadavg, Watchdog};
+use support::{context_switches, env_or, loadavg, median, Spread, Watchdog};
+
+#[path = "streaming/rows.rs"]
+mod rows;
 
 const CHUNK: usize = 64 * 1024;
 const BUFFER: usize = 8;
@@ -224,6 +235,7 @@ fn main() {
     }
     println!();
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut switches: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for round in 1..=rounds {
         print!("{round:<6}");
         for (i, &variant) in variants.iter().enumerate() {
@@ -231,7 +243,9 @@ fn main() {
                 format!("round {round} {}", variant.name()),
                 Duration::from_secs(60),
             );
+            let before = context_switches();
             let (received, elapsed) = runtime.block_on(transfer(&setup, variant, n));
+            switches[i].push((context_switches() - before) as f64 / n as f64);
             drop(watchdog);
             assert_eq!(received.bytes, bytes, "{} lost data", variant.name());
             let rate = bytes as f64 / GIB / elapsed.as_secs_f64();
@@ -242,32 +256,35 @@ fn main() {
     }
 
     println!("load average at end: {}", loadavg());
-    for rates in &mut rates {
-        rates.sort_by(f64::total_cmp);
-    }
-    let best: Vec<f64> = rates.iter().map(|r| r[r.len() - 1]).collect();
-    let median: Vec<f64> = rates.iter().map(|r| r[r.len() / 2]).collect();
-    // Ratios against tower_affinity, when it ran.
+    // Ratios against tower_affinity, when it ran: per round, against the
+    // baselines of the same round, then the median over rounds.
     let ours = variants.iter().position(|&v| v == Variant::Ours);
     let chunks_per_sec = |gib_per_sec: f64| gib_per_sec * GIB / CHUNK as f64;
     println!();
-    println!("per variant over {rounds} rounds, and tower_affinity / variant:");
+    println!("per variant over {rounds} rounds; tower_affinity / variant, per round:");
     println!(
-        "{:<20} {:>10} {:>12} {:>10} {:>12} {:>10} {:>10}",
-        "variant", "best GiB/s", "chunks/s", "median", "chunks/s", "best ×", "median ×"
+        "{:<20} {:>12} {:>12} {:>12}   ours / variant: median (worst, best)",
+        "variant", "median GiB/s", "chunks/s", "ctx sw/chunk"
     );
     for (i, variant) in variants.iter().enumerate() {
-        let ratio = |of: &[f64]| ours.map_or(f64::NAN, |o| of[o] / of[i]);
+        let ratios: Vec<f64> = match ours {
+            Some(o) => (0..rounds).map(|r| rates[o][r] / rates[i][r]).collect(),
+            None => Vec::new(),
+        };
+        let rate = median(rates[i].clone());
         println!(
-            "{:<20} {:>10.2} {:>12.0} {:>10.2} {:>12.0} {:>10.2} {:>10.2}",
+            "{:<20} {:>12.2} {:>12.0} {:>12.3}   {}",
             variant.name(),
-            best[i],
-            chunks_per_sec(best[i]),
-            median[i],
-            chunks_per_sec(median[i]),
-            ratio(&best),
-            ratio(&median),
+            rate,
+            chunks_per_sec(rate),
+            median(switches[i].clone()),
+            Spread::of(&ratios),
         );
     }
     println!("(×: higher is better for tower_affinity)");
+
+    let rows: usize = env_or("STREAM_ROWS", 100_000);
+    if rows > 0 {
+        rows::run(&runtime, THREADS, &setup.local_pool, rows, rounds);
+    }
 }

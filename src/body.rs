@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use crate::channel::{self, Receiver, Sender};
 use crate::error::{BoxError, WorkerGone};
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
@@ -24,10 +24,50 @@ use http_body::{Body, Frame, SizeHint};
 pub(crate) enum Msg {
     /// The next frame of the response.
     Frame(Frame<Bytes>),
+    /// Data frames merged into one while the reader was behind.
+    Merged(BytesMut),
     /// The inner body failed; nothing follows.
     Error(BoxError),
     /// The inner body ended cleanly; nothing follows.
     End,
+}
+
+impl Msg {
+    /// Folds `next` into `self` when both are data and together hold at
+    /// most `cap` bytes; gives `next` back otherwise. Trailers, errors and
+    /// the end marker never merge, so nothing crosses them; a frame of
+    /// `cap` bytes or more never merges, so it is never copied.
+    pub(crate) fn merge(&mut self, next: Msg, cap: usize) -> Result<(), Msg> {
+        let Some(data) = next.data().filter(|data| data.len() < cap) else {
+            return Err(next);
+        };
+        match self {
+            Msg::Merged(merged) if merged.len() + data.len() <= cap => {
+                merged.extend_from_slice(data);
+                Ok(())
+            }
+            Msg::Frame(frame) => match frame.data_ref() {
+                Some(first) if first.len() < cap && first.len() + data.len() <= cap => {
+                    // One buffer of the cap for the whole run of small
+                    // frames: each byte is copied once.
+                    let mut merged = BytesMut::with_capacity(cap);
+                    merged.extend_from_slice(first);
+                    merged.extend_from_slice(data);
+                    *self = Msg::Merged(merged);
+                    Ok(())
+                }
+                _ => Err(next),
+            },
+            _ => Err(next),
+        }
+    }
+
+    fn data(&self) -> Option<&Bytes> {
+        match self {
+            Msg::Frame(frame) => frame.data_ref(),
+            _ => None,
+        }
+    }
 }
 
 /// A frame of any body as it leaves for the caller: data as `Bytes`
@@ -139,6 +179,7 @@ impl Body for ThreadAffinityBody {
             Kind::Streaming { ended: true, .. } => None,
             Kind::Streaming { rx, ended } => match std::task::ready!(rx.poll_recv(cx)) {
                 Some(Msg::Frame(frame)) => Some(Ok(frame)),
+                Some(Msg::Merged(data)) => Some(Ok(Frame::data(data.freeze()))),
                 Some(Msg::Error(error)) => {
                     *ended = true;
                     Some(Err(error))

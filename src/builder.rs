@@ -41,6 +41,7 @@ pub enum Overload {
 /// | [`response_deadline`](Self::response_deadline) | none        | longest time a streamed response may run      |
 /// | [`max_streams_per_worker`](Self::max_streams_per_worker) | 256 | requests one worker serves at once        |
 /// | [`body_buffer`](Self::body_buffer) | 8                       | frames buffered per streamed response         |
+/// | [`merge_frames`](Self::merge_frames) | 16 KiB                | size up to which small data frames merge      |
 /// | [`thread_name`](Self::thread_name) | `"tower-affinity"`      | threads are named `{prefix}-{index}`          |
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
@@ -66,6 +67,7 @@ impl Builder {
                 queue_capacity: 1024,
                 max_streams_per_worker: 256,
                 body_buffer: 8,
+                merge_frames: 16 * 1024,
                 thread_name: String::from("tower-affinity"),
                 overload: Overload::Wait,
                 queue_timeout: None,
@@ -202,6 +204,34 @@ impl Builder {
     pub fn body_buffer(mut self, n: usize) -> Self {
         assert!(n > 0, "tower-affinity: body_buffer must be at least 1");
         self.config.body_buffer = n;
+        self
+    }
+
+    /// While a streamed response's reader is behind, data frames already
+    /// produced are merged into the last one waiting, up to `bytes` bytes;
+    /// `0` turns merging off (one frame per inner frame).
+    ///
+    /// Merging never holds a frame back: only frames that would wait in the
+    /// buffer anyway are merged, and a reader that waits gets the next frame
+    /// at once. It never crosses trailers, never copies a frame of `bytes`
+    /// or more (large chunks stay zero-copy), and keeps bytes and order.
+    /// Frame boundaries are not part of HTTP or gRPC semantics, and
+    /// server-sent events are parsed from the byte stream (an event ends at
+    /// a blank line), so none of them needs one frame per item.
+    ///
+    /// With merging, the [`body_buffer`](Self::body_buffer) bound counts
+    /// items: each is one frame as produced, or merged small frames of at
+    /// most `bytes` bytes. A stalled reader so costs at most `body_buffer`
+    /// times the larger of `bytes` and the largest frame.
+    ///
+    /// ```
+    /// let layer = tower_affinity::ThreadAffinityLayer::builder()
+    ///     .merge_frames(0) // one frame per item, as the inner body made them
+    ///     .build();
+    /// # let _ = layer;
+    /// ```
+    pub fn merge_frames(mut self, bytes: usize) -> Self {
+        self.config.merge_frames = bytes;
         self
     }
 

@@ -2,24 +2,36 @@
 //! its worker to its [`ThreadAffinityBody`](crate::ThreadAffinityBody).
 //!
 //! One producer, one consumer, a fixed capacity. It differs from a general
-//! channel in three ways that the worker needs:
+//! channel in four ways that the worker needs:
 //!
 //! - **Room before production.** The worker asks for room
 //!   ([`Sender::poll_ready`]) before it polls the inner body, so a frame is
-//!   never produced with nowhere to go.
+//!   never produced with nowhere to go. [`Sender::send`] says whether room
+//!   is left, so a producer that keeps up asks (and locks) once per item.
+//! - **Merging while the reader is behind.** [`Sender::send_merging`] may
+//!   fold an item into the last queued one: only when the queue is not
+//!   empty, so the reader is not waiting and nothing is held back from it.
 //! - **Batched wake-ups.** A producer waiting for room is woken when the
-//!   reader has drained the buffer to half, not for every frame taken: a
-//!   fast stream costs a wake-up per half buffer, not per frame.
+//!   reader has drained the buffer to half, not for every item taken: a
+//!   fast stream costs a wake-up per half buffer, not per item.
 //! - **The reader leaving is seen at once.** Dropping the receiver wakes a
 //!   producer that waits for room or for its inner body
 //!   ([`Sender::poll_closed`]), so the worker drops the body promptly.
 //!
 //! A plain mutex guards the state: each side holds it for a few
-//! instructions, and wakers are woken after it is released.
+//! instructions, and wakers are woken after it is released. The producer
+//! has two waker slots, one for room and one for the reader leaving: a
+//! producer waiting on its own inner body is not woken by every read.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+
+// Under `--cfg tower_affinity_loom`, loom explores every interleaving of
+// the two sides (see the models at the end).
+#[cfg(tower_affinity_loom)]
+use loom::sync::{Arc, Mutex, MutexGuard};
+#[cfg(not(tower_affinity_loom))]
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Creates a channel holding at most `capacity` items.
 pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
@@ -28,7 +40,8 @@ pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             queue: VecDeque::with_capacity(capacity),
             capacity,
             reader: None,
-            writer: None,
+            room: None,
+            closed: None,
             reader_gone: false,
             writer_gone: false,
         }),
@@ -50,8 +63,11 @@ struct State<T> {
     capacity: usize,
     /// The receiver's waker, while it waits for an item.
     reader: Option<Waker>,
-    /// The sender's waker, while it waits for room or for the reader to go.
-    writer: Option<Waker>,
+    /// The sender's waker, while it waits for room.
+    room: Option<Waker>,
+    /// The sender's waker, while it waits for the reader to go (that is,
+    /// while its inner body is pending).
+    closed: Option<Waker>,
     reader_gone: bool,
     writer_gone: bool,
 }
@@ -73,6 +89,15 @@ pub(crate) struct Sender<T> {
 #[derive(Debug)]
 pub(crate) struct Closed;
 
+/// What a send did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sent {
+    /// There is room for another item: the next `poll_ready` can be skipped.
+    pub(crate) room: bool,
+    /// The item was merged into the last one queued.
+    pub(crate) merged: bool,
+}
+
 impl<T> Sender<T> {
     /// Ready when there is room for one item; an error once the reader has
     /// gone.
@@ -84,7 +109,7 @@ impl<T> Sender<T> {
         if state.queue.len() < state.capacity {
             return Poll::Ready(Ok(()));
         }
-        set_waker(&mut state.writer, cx);
+        set_waker(&mut state.room, cx);
         Poll::Pending
     }
 
@@ -94,24 +119,49 @@ impl<T> Sender<T> {
         if state.reader_gone {
             return Poll::Ready(());
         }
-        set_waker(&mut state.writer, cx);
+        set_waker(&mut state.closed, cx);
         Poll::Pending
     }
 
-    /// Queues `item`. Call it after `poll_ready` said there is room; an
-    /// item beyond capacity is queued anyway (the bound is kept by asking
-    /// first), and an item for a reader that has gone is dropped.
-    pub(crate) fn send(&self, item: T) {
+    /// Queues `item`, or says `Closed` if the reader has gone (the item is
+    /// dropped). Call it after `poll_ready` said there is room; an item
+    /// beyond capacity is queued anyway (the bound is kept by asking
+    /// first).
+    pub(crate) fn send(&self, item: T) -> Result<Sent, Closed> {
+        self.send_merging(item, |_, item| Err(item))
+    }
+
+    /// Like `send`, but while the reader is behind (the queue is not
+    /// empty) first offers `item` to `merge` with the last queued item;
+    /// `merge` gives it back when they do not merge.
+    pub(crate) fn send_merging(
+        &self,
+        item: T,
+        merge: impl FnOnce(&mut T, T) -> Result<(), T>,
+    ) -> Result<Sent, Closed> {
         let mut state = self.shared.lock();
         if state.reader_gone {
-            return;
+            drop(state);
+            drop(item);
+            return Err(Closed);
         }
-        state.queue.push_back(item);
+        // A non-empty queue means the reader is not waiting: merging holds
+        // nothing back from it.
+        let item = match state.queue.back_mut() {
+            Some(last) => merge(last, item).err(),
+            None => Some(item),
+        };
+        let merged = item.is_none();
+        if let Some(item) = item {
+            state.queue.push_back(item);
+        }
+        let room = state.queue.len() < state.capacity;
         let reader = state.reader.take();
         drop(state);
         if let Some(reader) = reader {
             reader.wake();
         }
+        Ok(Sent { room, merged })
     }
 }
 
@@ -138,9 +188,11 @@ impl<T> Receiver<T> {
         let mut state = self.shared.lock();
         match state.queue.pop_front() {
             Some(item) => {
-                // Wake a waiting producer only once half the buffer is free.
+                // Wake a producer waiting for room only once half the
+                // buffer is free; one waiting on its inner body is not
+                // concerned.
                 let writer = if state.queue.len() <= state.capacity / 2 {
-                    state.writer.take()
+                    state.room.take()
                 } else {
                     None
                 };
@@ -163,15 +215,19 @@ impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
         state.reader_gone = true;
-        // Items left are dropped here, on the reader's side: they are
-        // frames (bytes and headers), not anything of the inner service's.
         let queue = std::mem::take(&mut state.queue);
-        let writer = state.writer.take();
+        let room = state.room.take();
+        let closed = state.closed.take();
         drop(state);
-        drop(queue);
-        if let Some(writer) = writer {
+        // Wake first: the items left are frames and errors, and an error's
+        // `Drop` is user code that may panic; the producer must still learn
+        // that the reader has gone.
+        for writer in [room, closed].into_iter().flatten() {
             writer.wake();
         }
+        // Dropped here, on the reader's side: they are frames (bytes and
+        // headers) and boxed errors, not anything of the inner service's.
+        drop(queue);
     }
 }
 
@@ -181,3 +237,8 @@ fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
         None => *slot = Some(cx.waker().clone()),
     }
 }
+
+/// The channel, model-checked: run with
+/// `RUSTFLAGS="--cfg tower_affinity_loom" cargo test --lib --release loom`.
+#[cfg(all(test, tower_affinity_loom))]
+mod loom_tests;

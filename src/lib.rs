@@ -200,7 +200,14 @@
 //!   its response ends (for code that keeps per-request state in
 //!   thread-locals).
 //! - [`body_buffer`](Builder::body_buffer): frames waiting per response.
-//!   Memory per stalled stream is about `body_buffer` × the chunk size.
+//!   Memory per stalled stream is about `body_buffer` × the larger of the
+//!   chunk size and `merge_frames`.
+//! - [`merge_frames`](Builder::merge_frames): while a reader is behind,
+//!   small data frames already produced merge into the last one waiting,
+//!   up to 16 KiB by default, so a body written one row per item streams
+//!   as large frames. A waiting reader is never held back, trailers are
+//!   never crossed, frames of the cap or more are never copied; `0` keeps
+//!   one frame per item.
 //! - [`queue_capacity`](Builder::queue_capacity): requests waiting for a
 //!   worker; past it, `poll_ready` waits (or requests get `503`, under
 //!   [`Overload::Reject`]).

@@ -41,6 +41,8 @@ async fn dropping_the_body_mid_stream_drops_the_inner_body_on_the_worker() {
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
         .body_buffer(BUFFER)
+        // Small frames would merge and never fill the buffer.
+        .merge_frames(0)
         .thread_name("cancel-body")
         .build();
     let mut endless = layer.layer(RecordingService::new(rec, Script::endless()));

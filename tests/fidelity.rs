@@ -216,7 +216,7 @@ async fn data_is_not_copied() {
     let mut svc = layer.layer(service_fn(move |req: Request<()>| {
         let frames = if req.uri().path() == "/one" { 1 } else { 3 };
         let chunks: Vec<Bytes> = (0..frames)
-            .map(|i| Bytes::from(vec![i as u8; 4096]))
+            .map(|i| Bytes::from(vec![i as u8; 64 * 1024]))
             .collect();
         log.lock()
             .unwrap()

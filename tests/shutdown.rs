@@ -136,6 +136,7 @@ async fn a_running_stream_finishes_after_the_last_handle_is_dropped() {
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
         .body_buffer(2)
+        .merge_frames(0)
         .build();
     let mut svc = layer.layer(service_fn(|_: Request<()>| {
         Response::new(IterBody::new(

@@ -29,7 +29,10 @@ type Chunks = Box<dyn Iterator<Item = Result<Bytes, Infallible>> + Send>;
 async fn ten_thousand_frames_arrive_in_order() {
     const FRAMES: usize = 10_000;
     let frame = |i: usize| Bytes::from(format!("{i:05}:{}|", "x".repeat(i % 13)));
-    let layer = ThreadAffinityLayer::new(2);
+    let layer = ThreadAffinityLayer::builder()
+        .workers(2)
+        .merge_frames(0)
+        .build();
     let mut svc = layer.layer(service_fn(move |_: Request<()>| {
         Response::new(IterBody::new(
             (0..FRAMES).map(move |i| Ok::<_, Infallible>(frame(i))),
@@ -91,6 +94,7 @@ async fn producer_stays_at_most_body_buffer_ahead_of_a_stopped_reader() {
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
         .body_buffer(BUFFER)
+        .merge_frames(0)
         .build();
     let counter = polls.clone();
     let mut svc = layer.layer(service_fn(move |req: Request<()>| {
@@ -146,6 +150,7 @@ async fn stalled_reader_does_not_block_another_request() {
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
         .body_buffer(2)
+        .merge_frames(0)
         .build();
     let mut svc = layer.layer(service_fn(|req: Request<()>| {
         let chunks: Chunks = match req.uri().path() {

@@ -38,6 +38,8 @@ async fn every_step_of_a_request_runs_on_one_worker_thread() {
     };
     let layer = ThreadAffinityLayer::builder()
         .workers(2)
+        // One frame per item, even while the reader is behind.
+        .merge_frames(0)
         .thread_name("affine")
         .build();
     let mut svc = layer.layer(RecordingService::new(rec, script));

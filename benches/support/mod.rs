@@ -59,3 +59,72 @@ pub fn median(mut values: Vec<f64>) -> f64 {
         (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
 }
+
+/// A ratio's rounds summed up: the median, with the worst and best beside
+/// it. Each value is one round's ratio, taken against the baseline of that
+/// same round, so noise that slows a whole round cancels out.
+pub struct Spread {
+    pub median: f64,
+    pub worst: f64,
+    pub best: f64,
+}
+
+impl Spread {
+    pub fn of(values: &[f64]) -> Self {
+        let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        if finite.is_empty() {
+            return Self {
+                median: f64::NAN,
+                worst: f64::NAN,
+                best: f64::NAN,
+            };
+        }
+        Self {
+            median: median(finite.clone()),
+            worst: finite.iter().copied().fold(f64::INFINITY, f64::min),
+            best: finite.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        }
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}× (worst {}, best {})",
+            ratio(self.median),
+            ratio(self.worst),
+            ratio(self.best)
+        )
+    }
+}
+
+/// A ratio, written as `1/n` when it is small.
+pub fn ratio(x: f64) -> String {
+    if x >= 0.01 || x <= 0.0 || !x.is_finite() {
+        format!("{x:.2}")
+    } else {
+        format!("1/{:.0}", 1.0 / x)
+    }
+}
+
+/// Context switches (voluntary and involuntary) of every live thread of
+/// this process so far, from `/proc/self/task/*/status`; 0 where there is
+/// no `/proc`. Threads that have exited no longer count: take differences
+/// over a span in which the pools' threads stay alive.
+pub fn context_switches() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|line| line.contains("ctxt_switches:"))
+                .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}

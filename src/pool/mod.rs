@@ -32,6 +32,8 @@ mod idle;
 mod lifecycle;
 mod load;
 pub(crate) mod probe;
+mod pump;
+mod ready;
 mod spare;
 mod task;
 mod unwind;
@@ -81,6 +83,7 @@ pub(crate) struct Config {
     pub(crate) queue_capacity: usize,
     pub(crate) max_streams_per_worker: usize,
     pub(crate) body_buffer: usize,
+    pub(crate) merge_frames: usize,
     pub(crate) thread_name: String,
     pub(crate) overload: Overload,
     pub(crate) queue_timeout: Option<Duration>,

@@ -7,10 +7,8 @@
 //! channel's. Either way the task returns and drops what it holds, on this
 //! thread.
 
-use std::cell::RefCell;
 use std::future::{poll_fn, Future};
-use std::pin::{pin, Pin};
-use std::rc::Rc;
+use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -20,20 +18,18 @@ use http_body::Body;
 use tokio::time::Instant;
 use tower_service::Service;
 
+use super::pump::{stream_body, Stream};
+use super::ready::{Instance, ReadyQueue, Turn};
 use super::unwind::{guard, Guarded};
 use super::worker::{Active, LocalTask, WorkerState};
 use super::Job;
-use crate::body::{FrameSender, Msg};
-use crate::error::{BoxError, Elapsed, Failure};
+use crate::body::Msg;
+use crate::error::{BoxError, Failure};
 use crate::future::Reply;
 use crate::reply::ReplySender;
 use crate::service::Shared;
 use crate::trace::{self, Span};
 use crate::ThreadAffinityBody;
-
-/// How many frames a stream produces before it yields to the worker's other
-/// tasks even if its reader keeps up.
-const FRAMES_PER_TURN: usize = 16;
 
 /// A request for the service behind `shared`.
 pub(crate) struct Call<S, B>
@@ -85,10 +81,15 @@ where
         let limits = Limits {
             body_buffer: config.body_buffer,
             deadline: config.response_deadline,
+            merge: config.merge_frames,
         };
         span.in_scope(|| trace::debug!(worker = worker.id().index(), "started"));
         let handle = Arc::downgrade(&shared);
-        let made = guard(|| worker.instance(shared.id(), handle, || shared.make(worker.id())));
+        let made = guard(|| {
+            worker.instance(shared.id(), handle, || {
+                ReadyQueue::new(shared.make(worker.id()))
+            })
+        });
         let Ok(service) = made else {
             answer_panic(reply, &active);
             // A zero-sized future: boxing it allocates nothing.
@@ -113,13 +114,14 @@ where
 struct Limits {
     body_buffer: usize,
     deadline: Option<Duration>,
+    merge: usize,
 }
 
 /// Serves one request, in three steps. Each step is its own future and
 /// takes its input by value, so that the task's state holds one step's
 /// values at a time: the task is boxed per request, and small is cheap.
 async fn serve<S, B, ResBody>(
-    service: Rc<RefCell<S>>,
+    service: Instance<S>,
     request: Request<B>,
     reply: ReplySender<Reply<S::Error>>,
     limits: Limits,
@@ -136,13 +138,17 @@ async fn serve<S, B, ResBody>(
     let Some((response, reply)) = respond(future, reply, &active).await else {
         return;
     };
-    send_head(response, reply, limits.body_buffer, deadline, active).await;
+    let stream = Stream {
+        deadline,
+        merge: limits.merge,
+    };
+    send_head(response, reply, limits.body_buffer, stream, active).await;
 }
 
-/// Waits for the service to be ready and calls it; `None` if the request
-/// was answered (error, panic) or cancelled meanwhile.
+/// Waits for its turn and for the service to be ready, and calls it;
+/// `None` if the request was answered (error, panic) or cancelled meanwhile.
 async fn call<S, B>(
-    service: Rc<RefCell<S>>,
+    service: Instance<S>,
     request: Request<B>,
     mut reply: ReplySender<Reply<S::Error>>,
     active: &Active,
@@ -151,14 +157,21 @@ where
     S: Service<Request<B>>,
 {
     // Readiness and call happen in one poll: no other task on this thread
-    // can run in between and use up the readiness this one saw.
+    // can run in between and use up the readiness this one saw. Only the
+    // request whose turn it is polls readiness (see `ready`); the turn is
+    // handed on when this function returns, whatever the outcome.
+    let mut turn = Turn::new(service.clone());
     let mut request = Some(request);
     let called = poll_fn(|cx| {
         if reply.poll_closed(cx).is_ready() {
             return Poll::Ready(None);
         }
+        if turn.poll_owner(cx).is_pending() {
+            return Poll::Pending;
+        }
         let polled = guard(|| {
-            let mut service = service.borrow_mut();
+            let mut queue = service.borrow_mut();
+            let service = &mut queue.service;
             match service.poll_ready(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
@@ -168,12 +181,17 @@ where
             }
         });
         match polled {
-            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Pending) => {
+                turn.wait(cx);
+                Poll::Pending
+            }
             Ok(Poll::Ready(called)) => Poll::Ready(Some(Ok(called))),
             Err(panic) => Poll::Ready(Some(Err(panic))),
         }
     })
     .await;
+    // The next waiter owns readiness now.
+    turn.leave();
     match called {
         None => trace::debug!("cancelled"),
         Some(Err(_)) => answer_panic(reply, active),
@@ -216,15 +234,16 @@ async fn send_head<B, E>(
     response: Response<B>,
     reply: ReplySender<Reply<E>>,
     body_buffer: usize,
-    deadline: Option<Instant>,
+    pump: Stream,
     active: Active,
 ) where
     B: Body,
     B::Error: Into<BoxError>,
 {
     let (parts, body) = response.into_parts();
-    // Boxed: a streamed body moves on into its own future below.
-    let mut body = Box::pin(Guarded::new(body));
+    // Pinned in the task, which is allocated anyway: a response of one
+    // frame costs no allocation here. The pump borrows it below.
+    let mut body = pin!(Guarded::new(body));
     let Ok(hint) = body.size_hint() else {
         return answer_panic(reply, &active);
     };
@@ -261,48 +280,14 @@ async fn send_head<B, E>(
     let (tx, stream) = ThreadAffinityBody::channel(body_buffer, hint);
     if let Some(frame) = first {
         // The channel is new and has room for at least one message.
-        tx.send(Msg::Frame(frame));
+        let _ = tx.send(Msg::Frame(frame));
     }
     trace::debug!(status = parts.status.as_u16(), streamed = true, "head sent");
     if reply.send(Ok(Response::from_parts(parts, stream))).is_err() {
         return trace::debug!("cancelled");
     }
     // Boxed, so that only streamed responses pay for the pump's state.
-    Box::pin(stream_body(body, tx, deadline, active)).await;
-}
-
-/// Streams the rest of a body, then records how it ended.
-async fn stream_body<B>(
-    mut body: Pin<Box<Guarded<B>>>,
-    tx: FrameSender,
-    deadline: Option<Instant>,
-    active: Active,
-) where
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    // Yield once before producing more: the head and first frame are out,
-    // and the worker's event loop and other streams get their turn before
-    // this one fills its buffer.
-    tokio::task::yield_now().await;
-    match pump(body.as_mut(), &tx, deadline).await {
-        Pumped::Done => trace::debug!("ended"),
-        Pumped::Cancelled => trace::debug!("cancelled"),
-        Pumped::Panicked => {
-            trace::warning!("panicked");
-            active.panicked();
-        }
-        Pumped::Elapsed => {
-            trace::debug!("deadline elapsed");
-            // Drop the inner body now, on this thread, and make room for
-            // other requests; then tell the reader, once it makes room.
-            body.as_mut().clear();
-            drop(active);
-            if poll_fn(|cx| tx.poll_ready(cx)).await.is_ok() {
-                tx.send(Msg::Error(Elapsed::new().into()));
-            }
-        }
-    }
+    Box::pin(stream_body(body, tx, pump, active)).await;
 }
 
 /// Sends the reply; a caller that went away no longer wants it.
@@ -315,76 +300,4 @@ fn answer_panic<E>(reply: ReplySender<Reply<E>>, active: &Active) {
     trace::warning!("panicked");
     active.panicked();
     answer(reply, Ok(Failure::Panicked.response()));
-}
-
-/// How a pump ended.
-enum Pumped {
-    /// The body ended or failed, and the reader was told.
-    Done,
-    /// The reader went away.
-    Cancelled,
-    /// The body panicked (and the reader was told).
-    Panicked,
-    /// The deadline passed; the reader has not been told.
-    Elapsed,
-}
-
-/// Moves frames from the inner body to the channel until the body ends, it
-/// fails, the reader goes away, or the deadline passes.
-async fn pump<B>(
-    mut body: Pin<&mut Guarded<B>>,
-    tx: &FrameSender,
-    deadline: Option<Instant>,
-) -> Pumped
-where
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    let mut elapsed = pin!(async {
-        match deadline {
-            Some(deadline) => tokio::time::sleep_until(deadline).await,
-            None => std::future::pending().await,
-        }
-    });
-    let mut produced = 0usize;
-    loop {
-        // Room first: a frame produced with nowhere to go would either block
-        // the thread or grow memory.
-        let ready = poll_fn(|cx| {
-            if elapsed.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(Pumped::Elapsed));
-            }
-            tx.poll_ready(cx).map_err(|_| Pumped::Cancelled)
-        });
-        if let Err(end) = ready.await {
-            return end;
-        }
-        // Watch for the reader going away while the body is pending, not
-        // only at the next send.
-        let next = poll_fn(|cx| {
-            if tx.poll_closed(cx).is_ready() {
-                return Poll::Ready(Err(Pumped::Cancelled));
-            }
-            if elapsed.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(Pumped::Elapsed));
-            }
-            body.as_mut().poll_frame(cx).map(Ok)
-        })
-        .await;
-        let (msg, end) = match next {
-            Err(end) => return end,
-            Ok(Ok(Some(Ok(frame)))) => (Msg::Frame(frame), None),
-            Ok(Ok(Some(Err(error)))) => (Msg::Error(error), Some(Pumped::Done)),
-            Ok(Ok(None)) => (Msg::End, Some(Pumped::Done)),
-            Ok(Err(panic)) => (Msg::Error(panic.into()), Some(Pumped::Panicked)),
-        };
-        tx.send(msg);
-        if let Some(end) = end {
-            return end;
-        }
-        produced += 1;
-        if produced % FRAMES_PER_TURN == 0 {
-            tokio::task::yield_now().await;
-        }
-    }
 }

@@ -317,7 +317,7 @@ pub(crate) struct WorkerState {
     spare: bool,
     // One instance per wrapped service, created on first use on this thread,
     // dropped here once the service's last handle is gone.
-    services: RefCell<HashMap<u64, Instance>>,
+    services: RefCell<HashMap<u64, Kept>>,
     // The pool's count of retired services when this worker last swept.
     swept: Cell<u64>,
     load: Rc<Load>,
@@ -358,7 +358,7 @@ impl WorkerState {
                 .expect("a service id names one service type");
         }
         let service = Rc::new(RefCell::new(make()));
-        let instance = Instance {
+        let instance = Kept {
             handle,
             service: service.clone(),
         };
@@ -375,7 +375,7 @@ impl WorkerState {
             return;
         }
         self.swept.set(retired);
-        let gone: Vec<Instance> = {
+        let gone: Vec<Kept> = {
             let mut services = self.services.borrow_mut();
             let ids: Vec<u64> = services
                 .iter()
@@ -450,7 +450,7 @@ impl WorkerState {
 }
 
 /// One worker's instance of a wrapped service.
-struct Instance {
+struct Kept {
     /// The service's shared part, alive while any handle or queued job is.
     handle: Weak<dyn Any + Send + Sync>,
     service: Rc<dyn Any>,

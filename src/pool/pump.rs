@@ -1,0 +1,159 @@
+//! The pump: moves a streamed response's frames from its inner body to its
+//! channel, with backpressure, cancellation and the response deadline.
+//!
+//! Per frame it takes the channel's lock once to send (and learns whether
+//! room is left), and once more only when it must wait: for room, or, while
+//! the inner body is pending, for the reader to go. While the reader is
+//! behind, small data frames merge into the last one waiting (see
+//! [`Msg::merge`]), so a body of many small items costs a few large frames.
+
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::task::Poll;
+
+use http_body::Body;
+use tokio::time::Instant;
+
+use super::unwind::Guarded;
+use super::worker::Active;
+use crate::body::{FrameSender, Msg};
+use crate::error::{BoxError, Elapsed};
+use crate::trace;
+
+/// How many frames a stream queues before it yields to the worker's other
+/// tasks even if its reader keeps up.
+const FRAMES_PER_TURN: usize = 16;
+
+/// How many times a stream polls its body before it yields, even if what
+/// it produces merges into frames already queued: a body of many small
+/// items yields per this many items, not per item (a yield costs the
+/// worker a turn of its event loop).
+const POLLS_PER_TURN: usize = 1024;
+
+/// How one streamed response is pumped.
+#[derive(Clone, Copy)]
+pub(super) struct Stream {
+    pub(super) deadline: Option<Instant>,
+    /// Merge data frames up to this many bytes while the reader is behind;
+    /// 0: never.
+    pub(super) merge: usize,
+}
+
+/// Streams the rest of a body, then records how it ended.
+pub(super) async fn stream_body<B>(
+    mut body: Pin<&mut Guarded<B>>,
+    tx: FrameSender,
+    stream: Stream,
+    active: Active,
+) where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    // Yield once before producing more: the head and first frame are out,
+    // and the worker's event loop and other streams get their turn before
+    // this one fills its buffer.
+    tokio::task::yield_now().await;
+    match pump(body.as_mut(), &tx, stream).await {
+        Pumped::Done => trace::debug!("ended"),
+        Pumped::Cancelled => trace::debug!("cancelled"),
+        Pumped::Panicked => {
+            trace::warning!("panicked");
+            active.panicked();
+        }
+        Pumped::Elapsed => {
+            trace::debug!("deadline elapsed");
+            // Drop the inner body now, on this thread, and make room for
+            // other requests; then tell the reader, once it makes room.
+            body.as_mut().clear();
+            drop(active);
+            if poll_fn(|cx| tx.poll_ready(cx)).await.is_ok() {
+                let _ = tx.send(Msg::Error(Elapsed::new().into()));
+            }
+        }
+    }
+}
+
+/// How a pump ended.
+enum Pumped {
+    /// The body ended or failed, and the reader was told.
+    Done,
+    /// The reader went away.
+    Cancelled,
+    /// The body panicked (and the reader was told).
+    Panicked,
+    /// The deadline passed; the reader has not been told.
+    Elapsed,
+}
+
+/// Moves frames from the inner body to the channel until the body ends, it
+/// fails, the reader goes away, or the deadline passes.
+async fn pump<B>(mut body: Pin<&mut Guarded<B>>, tx: &FrameSender, stream: Stream) -> Pumped
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let mut elapsed = pin!(async {
+        match stream.deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    });
+    let (mut queued, mut polled) = (0usize, 0usize);
+    // Whether the last send left room: then there is no need to ask.
+    let mut room = false;
+    loop {
+        // Room first: a frame produced with nowhere to go would either block
+        // the thread or grow memory.
+        if !room {
+            let ready = poll_fn(|cx| {
+                if elapsed.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(Pumped::Elapsed));
+                }
+                tx.poll_ready(cx).map_err(|_| Pumped::Cancelled)
+            });
+            if let Err(end) = ready.await {
+                return end;
+            }
+        }
+        let next = poll_fn(|cx| {
+            if elapsed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(Pumped::Elapsed));
+            }
+            match body.as_mut().poll_frame(cx) {
+                Poll::Ready(frame) => Poll::Ready(Ok(frame)),
+                // Watch for the reader going away while the body is
+                // pending, not only at the next send. Asked after the body,
+                // so that a body that is ready costs no lock here.
+                Poll::Pending if tx.poll_closed(cx).is_ready() => {
+                    Poll::Ready(Err(Pumped::Cancelled))
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        let (msg, end) = match next {
+            Err(end) => return end,
+            Ok(Ok(Some(Ok(frame)))) => (Msg::Frame(frame), None),
+            Ok(Ok(Some(Err(error)))) => (Msg::Error(error), Some(Pumped::Done)),
+            Ok(Ok(None)) => (Msg::End, Some(Pumped::Done)),
+            Ok(Err(panic)) => (Msg::Error(panic.into()), Some(Pumped::Panicked)),
+        };
+        let sent = match stream.merge {
+            0 => tx.send(msg),
+            cap => tx.send_merging(msg, |last, msg| last.merge(msg, cap)),
+        };
+        if let Some(end) = end {
+            return end;
+        }
+        let Ok(sent) = sent else {
+            return Pumped::Cancelled;
+        };
+        room = sent.room;
+        queued += usize::from(!sent.merged);
+        polled += 1;
+        if queued >= FRAMES_PER_TURN || polled >= POLLS_PER_TURN {
+            (queued, polled) = (0, 0);
+            tokio::task::yield_now().await;
+        }
+    }
+}
