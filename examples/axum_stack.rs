@@ -324,7 +324,8 @@ async fn upload(body: Body) -> Result<Json<UploadSummary>, (StatusCode, String)>
                 hash = fnv1a(hash, &buf[..n]);
             }
             Err(e) if e.get_ref().is_some_and(|e| e.is::<LengthLimitError>()) => {
-                return Err((StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n")));
+                let message = format!("{e}: the limit is {UPLOAD_LIMIT} bytes\n");
+                return Err((StatusCode::PAYLOAD_TOO_LARGE, message));
             }
             Err(e) => return Err((StatusCode::BAD_REQUEST, format!("{e}\n"))),
         }

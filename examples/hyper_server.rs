@@ -233,7 +233,8 @@ fn hash(request: Request<Incoming>) -> Response<AppBody> {
                 hash = fnv1a(hash, &buf[..n]);
             }
             Err(e) if e.get_ref().is_some_and(|e| e.is::<LengthLimitError>()) => {
-                return text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n"));
+                let message = format!("{e}: the limit is {UPLOAD_LIMIT} bytes\n");
+                return text(StatusCode::PAYLOAD_TOO_LARGE, message);
             }
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
         }

@@ -15,8 +15,12 @@
 //! | panic in the inner service                | `500 Internal Server Error` | body error [`Panicked`]   |
 //! | worker thread died                        | `500 Internal Server Error` | body error [`WorkerGone`] |
 //! | inner body error                          | —                        | body error (the inner error) |
+//! | a [`try_service_fn`](crate::blocking::try_service_fn) handler's `Err` | `500 Internal Server Error` (the error is not echoed) | — |
+//! | [`PrebufferLayer`](crate::prebuffer::PrebufferLayer): body over the limit, or failing | `413 Payload Too Large`, `400 Bad Request` | — |
 //!
 //! Each status response carries a short `text/plain` body saying what happened.
+//! The last two come from services outside the pool, whose responses carry
+//! a [`ResponseBody`]: the inner body, or that short text.
 
 use std::fmt;
 

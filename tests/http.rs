@@ -170,7 +170,7 @@ fn handle(request: Request<Incoming>, gate: &Gate) -> Response<AppBody> {
                 .limit(ECHO_LIMIT)
                 .read_to_end(&mut upload);
             if let Err(e) = read {
-                return read_failure(e);
+                return read_failure(e, ECHO_LIMIT);
             }
             let upload = Bytes::from(upload);
             let frames = (0..upload.len()).step_by(16 * 1024).map(move |at| {
@@ -190,7 +190,7 @@ fn handle(request: Request<Incoming>, gate: &Gate) -> Response<AppBody> {
                         size += n as u64;
                         hash = fnv1a(hash, &buf[..n]);
                     }
-                    Err(e) => return read_failure(e),
+                    Err(e) => return read_failure(e, UPLOAD_LIMIT),
                 }
             }
             text(StatusCode::OK, format!("bytes={size} fnv={hash:016x}"))
@@ -208,14 +208,15 @@ fn handle(request: Request<Incoming>, gate: &Gate) -> Response<AppBody> {
 }
 
 /// 413 for an upload over the limit, 400 for anything else.
-fn read_failure(error: io::Error) -> Response<AppBody> {
+fn read_failure(error: io::Error, limit: usize) -> Response<AppBody> {
     let over = error.get_ref().is_some_and(|e| e.is::<LengthLimitError>());
-    let status = if over {
-        StatusCode::PAYLOAD_TOO_LARGE
+    let (status, message) = if over {
+        let message = format!("{error}: the limit is {limit} bytes");
+        (StatusCode::PAYLOAD_TOO_LARGE, message)
     } else {
-        StatusCode::BAD_REQUEST
+        (StatusCode::BAD_REQUEST, format!("{error}"))
     };
-    let mut response = text(status, format!("{error}"));
+    let mut response = text(status, message);
     let thread = std::thread::current()
         .name()
         .unwrap_or("unnamed")

@@ -11,6 +11,10 @@
 //!
 //! It is a layer of its own rather than a builder option because it changes
 //! the request body type the inner service sees, to [`PrebufferedBody`].
+//! Any response body type passes through, as an
+//! [`error::ResponseBody`](crate::error::ResponseBody) (the inner body, or
+//! its own short `413`/`400` text), so other layers may sit between it and
+//! the pool. Its future is [`ResponseFuture`]: no box.
 //!
 //! ```
 //! use std::io::Read;
