@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
-use http::{Request, StatusCode};
+use http::StatusCode;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -25,6 +25,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::{Mutex, Notify};
 
 use deploy::balancer::{Balancer, Kind};
+use deploy::traffic::{request, Rng};
 use deploy::{within, Backend};
 
 const SESSIONS: usize = 200;
@@ -93,7 +94,7 @@ async fn sticky_through(kind: Kind) {
     let logs: Logs = (0..SESSIONS).map(|_| Mutex::default()).collect();
 
     // 1. Every session, VISITS times, in random order.
-    let schedule = rng.schedule(VISITS as usize);
+    let schedule = rng.schedule(SESSIONS, VISITS as usize);
     drive(
         &client,
         &base,
@@ -155,7 +156,7 @@ async fn sticky_through(kind: Kind) {
     // 3. Once a quarter of this round has answered, with LANES requests in
     //    flight and a download from process a under way, SIGTERM to a;
     //    then, once it has exited, two more visits per session.
-    let schedule = rng.schedule(5);
+    let schedule = rng.schedule(SESSIONS, 5);
     let quarter = schedule.len() / 4;
     let (answered, progress) = (AtomicUsize::new(0), Notify::new());
     let a_session = homes.iter().position(|home| home.instance == "a").unwrap();
@@ -191,7 +192,7 @@ async fn sticky_through(kind: Kind) {
         output.iter().any(|line| line.contains("a stopped")),
         "{output:?}"
     );
-    let schedule = rng.schedule(2);
+    let schedule = rng.schedule(SESSIONS, 2);
     drive(
         &client,
         &base,
@@ -294,47 +295,5 @@ async fn visit(client: &HttpClient, base: &str, session: usize) -> Visit {
     Visit {
         pair,
         count: count.parse().unwrap(),
-    }
-}
-
-fn request(url: &str, session: Option<&str>) -> Request<Empty<Bytes>> {
-    let mut request = Request::get(url);
-    if let Some(session) = session {
-        request = request.header("x-session", session);
-    }
-    request.body(Empty::new()).unwrap()
-}
-
-/// xorshift64*, seeded from the clock or `SCALING_SEED` (printed, so that
-/// a failing order can be replayed).
-struct Rng(u64);
-
-impl Rng {
-    fn from_env() -> Self {
-        let seed = std::env::var("SCALING_SEED")
-            .ok()
-            .and_then(|seed| seed.parse().ok())
-            .unwrap_or_else(|| {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-                now.unwrap().as_nanos() as u64 | 1
-            });
-        println!("SCALING_SEED={seed}");
-        Self(seed)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
-    }
-
-    /// Each session `times` times, shuffled (Fisher-Yates).
-    fn schedule(&mut self, times: usize) -> Vec<usize> {
-        let mut schedule: Vec<usize> = (0..SESSIONS).flat_map(|s| [s].repeat(times)).collect();
-        for i in (1..schedule.len()).rev() {
-            schedule.swap(i, self.below(i + 1));
-        }
-        schedule
     }
 }

@@ -244,3 +244,4 @@ pub fn substitute(text: &str, from: &str, to: &str) -> String {
 }
 
 pub mod balancer;
+pub mod traffic;
