@@ -8,6 +8,20 @@
 //! curl -s -H 'x-session: alice' localhost:3000/session
 //! ```
 //!
+//! Settings come from the environment, so that several processes can run
+//! side by side behind a load balancer (see `deploy/`):
+//!
+//! | variable          | default                                  | what |
+//! |-------------------|------------------------------------------|------|
+//! | `PORT`            | `3000`                                   | port on 127.0.0.1; `0` picks a free one (printed) |
+//! | `DATABASE_PATH`   | `$TMPDIR/tower-affinity-example.sqlite3` | the SQLite file, seeded on first start |
+//! | `INSTANCE`        | `pid-{process id}`                       | this process's name in answers (`x-instance`) |
+//! | `SHUTDOWN_GRACE`  | `10`                                     | seconds a stop waits for responses still streaming |
+//!
+//! SIGTERM or Ctrl-C stops the server gracefully: it stops accepting,
+//! finishes the requests it has, and cuts downloads still running after
+//! `SHUTDOWN_GRACE` (see [`serve`] and [`draining`]).
+//!
 //! The handlers are ordinary synchronous functions, `fn(&Worker, Request) ->
 //! Response`: no `async`, no `spawn_blocking`. Each runs on one of the
 //! layer's worker threads, where blocking is fine, with that thread's
@@ -25,13 +39,14 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::time::Instant;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use tower_affinity::blocking::{service_fn, IterBody};
 use tower_affinity::{BoxError, ThreadAffinity, ThreadAffinityLayer, WorkerId};
@@ -67,10 +82,15 @@ async fn main() -> Result<(), Box<dyn Error>> {
         Ok(port) => port.parse()?,
         Err(_) => 3000,
     };
+    let grace = match std::env::var("SHUTDOWN_GRACE") {
+        Ok(seconds) => Duration::try_from_secs_f64(seconds.parse()?)?,
+        Err(_) => Duration::from_secs(10),
+    };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
     println!(
-        "legacy_server listening on http://{addr} (database {})",
+        "legacy_server {} listening on http://{addr} (database {})",
+        instance(),
         db.display()
     );
     println!("try:");
@@ -82,12 +102,109 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!("  curl -s http://{addr}/export.csv | wc -l");
     println!("  curl -s -H 'x-session: alice' http://{addr}/session");
 
-    axum::serve(listener, app(&layer))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    serve(listener, app(&layer), &layer, grace, stop_signal()).await?;
+    // The layer's drain began with the stop; wait (a little) for its
+    // threads to end, so that each drops its SQLite connection.
+    let _ = tokio::time::timeout(LINGER, layer.shutdown()).await;
+    println!("legacy_server {} stopped", instance());
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Shutdown
+// ---------------------------------------------------------------------------
+
+/// How long, past the grace period, a stop waits for connections that are
+/// still open.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Serves `router` until `stop` resolves, then stops gracefully: no new
+/// connections, requests in flight finish, responses still streaming after
+/// `grace` are cut (see [`draining`]). Returns when every connection has
+/// closed, or `grace` + 1 s after `stop` at the latest.
+///
+/// The second bound is for a response the layer has finished but the
+/// client has not read: its rest sits in socket buffers (megabytes on a
+/// fast network), out of the layer's reach, and axum would wait for that
+/// client for ever.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    layer: &ThreadAffinityLayer,
+    grace: Duration,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stopping, stopped) = tokio::sync::oneshot::channel();
+    let signal = draining(layer, grace, async move {
+        stop.await;
+        let _ = stopping.send(());
+    });
+    let serving = axum::serve(listener, router).with_graceful_shutdown(signal);
+    let overdue = async move {
+        if stopped.await.is_err() {
+            // `serve` ended without a stop: the other branch has won.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(grace + LINGER).await;
+    };
+    tokio::select! {
+        served = serving => served,
+        () = overdue => {
+            println!("legacy_server {}: closing the connections still open", instance());
+            Ok(())
+        }
+    }
+}
+
+/// The future to give `axum::serve(..).with_graceful_shutdown(..)`: resolves
+/// when `stop` does, having started the layer's own shutdown.
+///
+/// axum's graceful shutdown stops accepting, then waits for every open
+/// connection, and a connection is open as long as its response streams:
+/// a client that downloads slowly (or stopped reading) would hold the
+/// process forever. Only the layer can end those streams, so its shutdown
+/// must start here, beside axum's, not after `serve` returns (it never
+/// would). `shutdown_timeout` serves what was admitted, answers `503` to
+/// any request that reaches it later, and after `grace` ends the streams
+/// still running with a body error, which closes their connections and
+/// lets `serve` return.
+///
+/// It runs in its own task: the signal future must resolve at once, or
+/// axum would keep accepting connections during the drain.
+pub fn draining(
+    layer: &ThreadAffinityLayer,
+    grace: Duration,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let layer = layer.clone();
+    async move {
+        stop.await;
+        println!("legacy_server {} draining (grace {grace:?})", instance());
+        tokio::spawn(async move { layer.shutdown_timeout(grace).await });
+    }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM (what `kill`,
+/// systemd and Kubernetes send to stop a process).
+pub async fn stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => ctrl_c.await,
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
 }
 
 /// The router: one blocking handler per route, each run by the layer.
@@ -302,7 +419,11 @@ fn session(worker: &Worker, req: Req) -> Response<AppBody> {
     let mut sessions = worker.sessions.borrow_mut();
     let visits = sessions.entry(name.to_owned()).or_default();
     *visits += 1;
-    let text = format!("session {name}: visit {visits} on {}\n", worker.id);
+    let text = format!(
+        "session {name}: visit {visits} on {} of {}\n",
+        worker.id,
+        instance()
+    );
     reply(StatusCode::OK, TEXT, text)
 }
 
@@ -344,15 +465,27 @@ fn csv_field(value: &str) -> std::borrow::Cow<'_, str> {
 // The database
 // ---------------------------------------------------------------------------
 
+/// `DATABASE_PATH`, or a file in the temp directory.
 pub fn db_path() -> PathBuf {
-    std::env::temp_dir().join("tower-affinity-example.sqlite3")
+    match std::env::var_os("DATABASE_PATH") {
+        Some(path) => path.into(),
+        None => std::env::temp_dir().join("tower-affinity-example.sqlite3"),
+    }
 }
 
 /// Creates the table and fills it, once: a database that already holds
 /// `ROWS` orders is left as it is.
+///
+/// Safe for processes that start together on one file: each takes the
+/// write lock before it counts (`BEGIN IMMEDIATE`, waiting up to a minute
+/// for it), so the second finds the table the first filled.
 pub fn seed(path: &Path) -> rusqlite::Result<()> {
     let mut db = Connection::open(path)?;
-    db.execute_batch(
+    db.busy_timeout(Duration::from_secs(60))?;
+    // One transaction: one journal write and one fsync for all rows, rather
+    // than one per row (seconds instead of minutes).
+    let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS orders (
              id           INTEGER PRIMARY KEY,
              customer     TEXT    NOT NULL,
@@ -360,15 +493,12 @@ pub fn seed(path: &Path) -> rusqlite::Result<()> {
              created_at   TEXT    NOT NULL
          );",
     )?;
-    let count: i64 = db.query_row("SELECT count(*) FROM orders", [], |row| row.get(0))?;
+    let count: i64 = tx.query_row("SELECT count(*) FROM orders", [], |row| row.get(0))?;
     if count == ROWS {
         println!("database already seeded with {count} orders");
         return Ok(());
     }
     let started = Instant::now();
-    // One transaction: one journal write and one fsync for all rows, rather
-    // than one per row (seconds instead of minutes).
-    let tx = db.transaction()?;
     tx.execute("DELETE FROM orders", [])?;
     {
         let mut insert = tx.prepare(
@@ -442,10 +572,22 @@ fn only_get(req: &Req) -> Option<Response<AppBody>> {
     Some(response)
 }
 
-/// Says which worker thread served the request (see it with `curl -i`).
+/// Says which process and worker thread served the request (see them with
+/// `curl -i`): behind a load balancer, stickiness shows at both levels.
 fn worker_header(worker: &Worker, mut response: Response<AppBody>) -> Response<AppBody> {
     if let Ok(value) = HeaderValue::from_str(worker.id.name()) {
         response.headers_mut().insert("x-worker", value);
     }
+    if let Ok(value) = HeaderValue::from_str(instance()) {
+        response.headers_mut().insert("x-instance", value);
+    }
     response
+}
+
+/// This process's name: `INSTANCE`, or its process id.
+pub fn instance() -> &'static str {
+    static INSTANCE: OnceLock<String> = OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        std::env::var("INSTANCE").unwrap_or_else(|_| format!("pid-{}", std::process::id()))
+    })
 }

@@ -284,6 +284,55 @@
 //! handle of a service (and its last queued request) is gone, each worker
 //! drops its instance on its own thread.
 //!
+//! # Shutting down beside axum
+//!
+//! axum's graceful shutdown waits for every open connection, and a slow
+//! download keeps its connection open for as long as the layer streams it:
+//! a `shutdown_timeout` called after `serve` returns waits for the slowest
+//! download first. Start the layer's shutdown inside the signal future, in
+//! its own task (the signal future must resolve at once, or axum keeps
+//! accepting during the drain):
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_affinity::ThreadAffinityLayer;
+//!
+//! async fn serve(app: axum::Router, layer: ThreadAffinityLayer) -> std::io::Result<()> {
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     let grace = Duration::from_secs(10);
+//!     let signal = async move {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!         // Admitted requests finish, later ones get 503, and streams still
+//!         // running after `grace` end with an error, closing their
+//!         // connections: axum's wait ends too.
+//!         tokio::spawn(async move { layer.shutdown_timeout(grace).await });
+//!     };
+//!     axum::serve(listener, app).with_graceful_shutdown(signal).await
+//! }
+//! ```
+//!
+//! A response the layer has finished but the client has not read sits in
+//! socket buffers, out of the layer's reach: bound axum's wait as well. The
+//! `legacy_server` example does both, on SIGTERM and Ctrl-C.
+//!
+//! # Scaling out
+//!
+//! The layer is per process. Past one process, stickiness holds at two
+//! levels when the load balancer hashes the same key as the layer: the
+//! load balancer picks the process, [`affinity_header`](Builder::affinity_header)
+//! picks the worker thread in it. nginx `hash $http_x_session consistent`,
+//! HAProxy `balance hdr(x-session)` with `hash-type consistent`, Envoy
+//! `RING_HASH` or `MAGLEV` with a header `hash_policy`, and ingress-nginx's
+//! `upstream-hash-by` all do this; the repository's `deploy/` folder has
+//! commented nginx and HAProxy configurations, tested in front of several
+//! processes of the `legacy_server` example.
+//!
+//! A process that goes away moves only its own keys, and its sessions
+//! start cold elsewhere: per-thread state is never replicated. nginx's
+//! defaults (`max_fails=1 fail_timeout=10s`) move all of a server's keys
+//! for 10 s after a single failed request. Keep authoritative state in a
+//! database, and per-thread state to what can be rebuilt from it.
+//!
 //! # Feature flags
 //!
 //! - `tracing`: spans and events at each request's state changes

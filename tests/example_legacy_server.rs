@@ -172,7 +172,8 @@ async fn export_csv_streams_every_order() {
 /// `/session` with an `x-session` header counts each session's visits 1, 2,
 /// 3, … in its worker's memory: every request of a session is served by the
 /// same worker, while sessions are interleaved on one keep-alive client.
-/// Without the header it answers `400`.
+/// The answer and the `x-instance` header name the process too. Without the
+/// header it answers `400`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_visits_count_up_on_one_worker() {
     bounded(async {
@@ -190,9 +191,11 @@ async fn session_visits_count_up_on_one_worker() {
                 let worker = worker_of(&response);
                 let home = home.get_or_insert_with(|| worker.clone());
                 assert_eq!(&worker, home, "session {session} moved");
+                let instance = legacy_server::instance();
+                assert_eq!(response.headers()["x-instance"], instance);
                 assert_eq!(
                     text(response).await,
-                    format!("session {session}: visit {visit} on {worker}\n")
+                    format!("session {session}: visit {visit} on {worker} of {instance}\n")
                 );
             }
         }
