@@ -200,6 +200,8 @@ async fn other_streams_survive_a_panic_on_their_worker() {
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
         .body_buffer(2)
+        // Read frame by frame below.
+        .merge_frames(0)
         .build();
     let mut svc = layer.layer(Panicky::default());
 
