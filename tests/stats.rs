@@ -244,8 +244,8 @@ async fn workers_count_completed_and_panicked_requests_and_show_active_ones() {
             let (_, worker) = control.started().await;
             completed[worker] += 1;
             panicked[worker] += 1;
-            // Counted before the 500 is sent.
-            assert_eq!(layer.stats().workers()[worker].panicked(), panicked[worker]);
+            // Not read here: the 500 may reach us before the worker counts
+            // the panic; the figures are checked once final, after shutdown.
         } else {
             let response = send(&mut svc, get("/ok")).await;
             assert_eq!(response.status(), StatusCode::OK);
