@@ -2,6 +2,8 @@
 //! per-response deadline, and the replacement of a worker thread that a
 //! panic killed.
 
+mod common;
+
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::thread::{self, ThreadId};
@@ -21,12 +23,10 @@ use tower_layer::Layer;
 /// A guard against a test that never ends, not a timing claim.
 const HANG: Duration = Duration::from_secs(20);
 
-/// Awaits `future`, failing the test if it does not finish within [`HANG`].
+/// Awaits `future`, failing the test if the whole test has not finished
+/// within [`HANG`] (see `common::within_for`).
 async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
-    match tokio::time::timeout(HANG, future).await {
-        Ok(output) => output,
-        Err(_) => panic!("hang: {what} did not happen within {HANG:?}"),
-    }
+    common::within_for(HANG, what, future).await
 }
 
 /// Something the inner service or a worker thread did, and where.

@@ -4,6 +4,8 @@
 //! composes with `LoadShed` and `ConcurrencyLimit`, and a flood far past the
 //! bounds is answered in full while the queue stays within its capacity.
 
+mod common;
+
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -25,12 +27,10 @@ use tower_layer::Layer;
 /// A guard against a test that never ends, not a timing claim.
 const HANG: Duration = Duration::from_secs(20);
 
-/// Awaits `future`, failing the test if it does not finish within [`HANG`].
+/// Awaits `future`, failing the test if the whole test has not finished
+/// within [`HANG`] (see `common::within_for`).
 async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    match tokio::time::timeout(HANG, future).await {
-        Ok(output) => output,
-        Err(_) => panic!("hang: {what} did not happen within {HANG:?}"),
-    }
+    common::within_for(HANG, what, future).await
 }
 
 type Fut = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>>>>;
