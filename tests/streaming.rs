@@ -89,7 +89,8 @@ async fn producer_stays_at_most_body_buffer_ahead_of_a_stopped_reader() {
     let polls = Arc::new(AtomicUsize::new(0));
     let (polled_tx, mut polled) = mpsc::unbounded_channel();
     // Keyed: with one core worker every key lands on it, also if the pool
-    // grows spare workers, so `/quick` is served by the producer's thread.
+    // grows spare workers, so `settle`'s request runs on the producer's
+    // thread.
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
         .body_buffer(BUFFER)
@@ -113,7 +114,8 @@ async fn producer_stays_at_most_body_buffer_ahead_of_a_stopped_reader() {
     let mut endless = send(&mut svc, keyed("/endless")).await.into_body();
     // The first frame is polled before the head; the rest fill the buffer.
     let mut produced = BUFFER;
-    settle(&polls, &mut polled, &mut svc, produced).await;
+    let mut barrier = layer.layer(tower::service_fn(yield_twice));
+    settle(&polls, &mut polled, &mut barrier, produced).await;
     assert_eq!(polls.load(Ordering::SeqCst), produced, "nothing read yet");
 
     for read in 1..=2 * BUFFER {
@@ -122,7 +124,7 @@ async fn producer_stays_at_most_body_buffer_ahead_of_a_stopped_reader() {
             // Drained to half: the producer is woken and refills.
             produced = read + BUFFER;
         }
-        settle(&polls, &mut polled, &mut svc, produced).await;
+        settle(&polls, &mut polled, &mut barrier, produced).await;
         assert_eq!(
             polls.load(Ordering::SeqCst),
             produced,
@@ -132,8 +134,10 @@ async fn producer_stays_at_most_body_buffer_ahead_of_a_stopped_reader() {
 }
 
 /// Waits until the producer has made `n` frames, then sends a request
-/// through the same (only) worker: its answer means the producer's turn on
-/// that thread is over, so any poll beyond `n` would have happened by then.
+/// through the same (only) worker whose future yields twice: the worker runs
+/// its tasks in the order they were woken, so by its answer the producer
+/// has had its turn (if it was woken: a wake-up the test means to detect)
+/// and finished it, and any poll beyond `n` would have happened.
 async fn settle<S>(
     polls: &AtomicUsize,
     polled: &mut mpsc::UnboundedReceiver<usize>,
@@ -150,8 +154,15 @@ async fn settle<S>(
         }
     })
     .await;
-    let quick = send(svc, keyed("/quick")).await;
-    assert_eq!(collect(quick.into_body()).await, "quick");
+    let answer = send(svc, keyed("/barrier")).await;
+    assert_eq!(collect(answer.into_body()).await, "yielded twice");
+}
+
+/// A handler that yields twice to its worker's other tasks, then answers.
+async fn yield_twice(_: Request<()>) -> Result<Response<Full<Bytes>>, Infallible> {
+    tokio::task::yield_now().await;
+    tokio::task::yield_now().await;
+    Ok(Response::new(Full::new(Bytes::from("yielded twice"))))
 }
 
 /// A 64 KiB frame (never merged by the channel) that starts with its index.
