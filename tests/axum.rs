@@ -7,6 +7,8 @@
 //! Threads are told apart by name: the example names its workers
 //! `axum-worker-{index}`, and each handler says where it ran.
 
+mod common;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::mpsc as std_mpsc;
@@ -38,16 +40,12 @@ const NO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs a test body under the hang guard.
 async fn bounded<F: Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TIME_LIMIT, test)
-        .await
-        .expect("test timed out: something hangs");
+    common::bounded(TIME_LIMIT, test).await
 }
 
 /// Awaits `future`, failing if it takes longer than the hang guard.
 async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(TIME_LIMIT, future)
-        .await
-        .unwrap_or_else(|_| panic!("hang: {what}"))
+    common::within_for(TIME_LIMIT, what, future).await
 }
 
 fn layer(workers: usize) -> ThreadAffinityLayer {

@@ -2,6 +2,8 @@
 //! `axum::serve` on 127.0.0.1 and driven by hyper-util's client, against
 //! the example's own SQLite database (seeded once, in the temp directory).
 
+mod common;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -28,9 +30,7 @@ const TIME_LIMIT: Duration = Duration::from_secs(300);
 const PREFIX: &str = "sqlite-worker";
 
 async fn bounded<F: Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TIME_LIMIT, test)
-        .await
-        .expect("test timed out: something hangs");
+    common::bounded(TIME_LIMIT, test).await
 }
 
 /// Seeds the example's database once per test binary; returns its number

@@ -7,6 +7,8 @@
 //! request, truncated, or reordered fails a byte-exact comparison. Each test
 //! runs under a time limit, so a hang fails instead of stalling the suite.
 
+mod common;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::{self, Read};
@@ -385,9 +387,7 @@ fn closed_gate() -> Gate {
 
 /// Runs a test body under the hang guard.
 async fn bounded<F: Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TIME_LIMIT, test)
-        .await
-        .expect("test timed out: something hangs");
+    common::bounded(TIME_LIMIT, test).await
 }
 
 // ---------------------------------------------------------------------------

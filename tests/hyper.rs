@@ -8,6 +8,8 @@
 //! client counts the TCP connections it opens, so reuse is asserted rather
 //! than assumed.
 
+mod common;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,9 +47,7 @@ const DOWNLOAD: u64 = 32 * 1024 * 1024;
 const UPLOAD: u64 = 16 * 1024 * 1024;
 
 async fn bounded<F: Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TIME_LIMIT, test)
-        .await
-        .expect("test timed out: something hangs");
+    common::bounded(TIME_LIMIT, test).await
 }
 
 /// Length and FNV-1a hash of a byte sequence.

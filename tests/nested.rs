@@ -5,6 +5,8 @@
 //! with `futures::executor::block_on`, as legacy code calling a client
 //! would, and report what they got.
 
+mod common;
+
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, OnceLock};
@@ -23,12 +25,10 @@ use tower_layer::Layer;
 /// A guard against a test that never ends, not a timing claim.
 const HANG: Duration = Duration::from_secs(20);
 
-/// Awaits `future`, failing the test if it does not finish within [`HANG`].
+/// Awaits `future`, failing the test if the whole test has not finished
+/// within [`HANG`] (see `common::within_for`).
 async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
-    match tokio::time::timeout(HANG, future).await {
-        Ok(output) => output,
-        Err(_) => panic!("hang: {what} did not happen within {HANG:?}"),
-    }
+    common::within_for(HANG, what, future).await
 }
 
 const KEY: HeaderName = HeaderName::from_static("x-key");

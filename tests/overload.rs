@@ -4,10 +4,12 @@
 //! composes with `LoadShed` and `ConcurrencyLimit`, and a flood far past the
 //! bounds is answered in full while the queue stays within its capacity.
 
+mod common;
+
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,12 +27,10 @@ use tower_layer::Layer;
 /// A guard against a test that never ends, not a timing claim.
 const HANG: Duration = Duration::from_secs(20);
 
-/// Awaits `future`, failing the test if it does not finish within [`HANG`].
+/// Awaits `future`, failing the test if the whole test has not finished
+/// within [`HANG`] (see `common::within_for`).
 async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    match tokio::time::timeout(HANG, future).await {
-        Ok(output) => output,
-        Err(_) => panic!("hang: {what} did not happen within {HANG:?}"),
-    }
+    common::within_for(HANG, what, future).await
 }
 
 type Fut = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>>>>;
@@ -455,10 +455,12 @@ async fn a_request_queued_past_the_queue_timeout_gets_503_without_running() {
 
 /// A flood of 5,000 concurrent requests against two workers and a queue of
 /// 16, under `Overload::Reject`: every request gets exactly one answer, `200`
-/// with its own body or `503`, and neither the queue nor a worker's load
-/// ever exceeds its bound.
+/// with its own body or `503`, each `200` ran the inner service once and no
+/// `503` did, and the totals match. (The exact queue bound is counted in
+/// tests/queue_bound.rs: sampling `queued` here could not fail, as the
+/// figure is the length of a queue already capped at its capacity.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_is_answered_in_full_while_the_queue_stays_bounded() {
+async fn a_flood_is_answered_in_full_each_request_exactly_once() {
     const REQUESTS: usize = 5_000;
     const CLIENTS: usize = 64;
     const CAPACITY: usize = 16;
@@ -476,26 +478,6 @@ async fn a_flood_is_answered_in_full_while_the_queue_stays_bounded() {
     let blocked: Vec<_> = (0..2).map(|_| spawn_send(&svc, "/block")).collect();
     control.started().await;
     control.started().await;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let layer = layer.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let (mut queued, mut active, mut samples) = (0, 0, 0usize);
-            while !stop.load(Ordering::Relaxed) {
-                let stats = layer.stats();
-                queued = queued.max(stats.queued());
-                for worker in stats.workers() {
-                    queued = queued.max(worker.queued());
-                    active = active.max(worker.active());
-                }
-                samples += 1;
-                tokio::task::yield_now().await;
-            }
-            (queued, active, samples)
-        })
-    };
 
     let next = Arc::new(AtomicUsize::new(0));
     let (results, mut outcomes) = mpsc::unbounded_channel();
@@ -521,7 +503,7 @@ async fn a_flood_is_answered_in_full_while_the_queue_stays_bounded() {
     drop(results);
 
     let mut answered = vec![0u32; REQUESTS];
-    let (mut ok, mut unavailable, mut max_queued) = (0usize, 0usize, 0usize);
+    let (mut ok, mut unavailable) = (0usize, 0usize);
     let mut released = false;
     while let Some((n, status, retry_after, own_body)) =
         within("the next answer", outcomes.recv()).await
@@ -538,7 +520,6 @@ async fn a_flood_is_answered_in_full_while_the_queue_stays_bounded() {
             }
             other => panic!("request {n}: unexpected status {other}"),
         }
-        max_queued = max_queued.max(layer.stats().queued());
         if !released && ok + unavailable == 1_000 {
             // Free the workers: the rest of the flood runs against them.
             released = true;
@@ -546,8 +527,6 @@ async fn a_flood_is_answered_in_full_while_the_queue_stays_bounded() {
             control.release.send(()).unwrap();
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let (sampled_queued, sampled_active, samples) = within("the sampler", sampler).await.unwrap();
     for handle in blocked {
         assert_served(within("/block", handle).await.unwrap(), "/block").await;
     }
@@ -559,14 +538,6 @@ async fn a_flood_is_answered_in_full_while_the_queue_stays_bounded() {
     );
     assert_eq!(ok + unavailable, REQUESTS);
     assert!(ok > 0 && unavailable > 0, "ok {ok}, 503 {unavailable}");
-    assert!(samples > 0);
-    assert!(
-        max_queued.max(sampled_queued) <= CAPACITY,
-        "the queue held {} requests",
-        max_queued.max(sampled_queued)
-    );
-    assert!(sampled_active <= STREAMS, "a worker held {sampled_active}");
-
     let stats = layer.stats();
     assert_eq!(stats.admitted() as usize, ok + 2);
     assert_eq!(stats.rejected() as usize, unavailable);

@@ -1,6 +1,8 @@
 //! Request bodies read on the async side before dispatch, so that slow
 //! uploaders do not pin workers.
 
+mod common;
+
 use std::convert::Infallible;
 use std::io::Read;
 use std::time::Duration;
@@ -86,18 +88,20 @@ async fn slow_upload_does_not_pin_the_worker() {
 
     let (_, quick_body) = upload();
     let quick = Request::get("/quick").body(quick_body).unwrap();
-    let quick = tokio::time::timeout(HANG_GUARD, svc.clone().oneshot(quick))
-        .await
-        .expect("the worker is pinned by the slow upload")
-        .unwrap();
+    let quick = common::within_for(
+        HANG_GUARD,
+        "/quick (is the worker pinned by the slow upload?)",
+        svc.clone().oneshot(quick),
+    )
+    .await
+    .unwrap();
     assert_eq!(text(quick).await.1, "quick");
     assert!(!slow.is_finished());
 
     tx.send(Bytes::from(vec![2; 500])).await.unwrap();
     drop(tx);
-    let slow = tokio::time::timeout(HANG_GUARD, slow)
+    let slow = common::within_for(HANG_GUARD, "/slow", slow)
         .await
-        .unwrap()
         .unwrap()
         .unwrap();
     assert_eq!(text(slow).await, (StatusCode::OK, "1500".into()));
@@ -156,9 +160,8 @@ async fn over_limit_streams_the_rest_in_order() {
             tx.send(Bytes::from(vec![i; 7])).await.unwrap();
         }
     });
-    let response = tokio::time::timeout(HANG_GUARD, svc.oneshot(Request::new(body)))
+    let response = common::within_for(HANG_GUARD, "the response", svc.oneshot(Request::new(body)))
         .await
-        .unwrap()
         .unwrap();
     sender.await.unwrap();
     let body = response.into_body().collect().await.unwrap().to_bytes();

@@ -1,6 +1,8 @@
 //! Sticky keys, services built on their worker, hooks and dispatch of
 //! unkeyed requests to the worker that has room.
 
+mod common;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -36,9 +38,7 @@ where
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8(body.to_vec()).unwrap())
     };
-    tokio::time::timeout(HANG_GUARD, call)
-        .await
-        .expect("request hung")
+    common::within_for(HANG_GUARD, "the response", call).await
 }
 
 /// A service answering with the index of the worker it ran on, read from the
@@ -126,9 +126,7 @@ async fn keyed_requests_run_in_order() {
             svc.clone().oneshot(request)
         })
         .collect();
-    tokio::time::timeout(HANG_GUARD, futures::future::join_all(calls))
-        .await
-        .unwrap();
+    common::within_for(HANG_GUARD, "every call", futures::future::join_all(calls)).await;
     assert_eq!(*order.lock().unwrap(), (0..200).collect::<Vec<_>>());
 }
 
@@ -245,9 +243,7 @@ async fn factory_runs_once_per_worker_on_it() {
     let both: Vec<_> = (0..2)
         .map(|_| svc.clone().oneshot(Request::get("/both").body(()).unwrap()))
         .collect();
-    tokio::time::timeout(HANG_GUARD, futures::future::join_all(both))
-        .await
-        .unwrap();
+    common::within_for(HANG_GUARD, "every call", futures::future::join_all(both)).await;
     let mut threads = Vec::new();
     for _ in 0..100 {
         threads.push(send(&mut svc.clone(), Request::new(())).await.1);

@@ -1,6 +1,8 @@
 //! Tokio works inside handlers on the workers: each worker runs a runtime
 //! with its time and I/O drivers.
 
+mod common;
+
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -38,10 +40,13 @@ async fn tokio_sockets_and_timers_work_in_a_handler() {
             String::from_utf8_lossy(&buf)
         )))
     }));
-    let response = tokio::time::timeout(Duration::from_secs(20), svc.oneshot(Request::new(())))
-        .await
-        .expect("hung")
-        .unwrap();
+    let response = common::within_for(
+        Duration::from_secs(20),
+        "the response",
+        svc.oneshot(Request::new(())),
+    )
+    .await
+    .unwrap();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let body = String::from_utf8(body.to_vec()).unwrap();
     assert!(body.starts_with("hello rt-"), "{body}");

@@ -2,6 +2,8 @@
 //! out), per-worker figures (queued, active, completed, panicked) and the
 //! watchdog figure `current_poll`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,12 +23,10 @@ use tower_layer::Layer;
 /// A guard against a test that never ends, not a timing claim.
 const HANG: Duration = Duration::from_secs(20);
 
-/// Awaits `future`, failing the test if it does not finish within [`HANG`].
+/// Awaits `future`, failing the test if the whole test has not finished
+/// within [`HANG`] (see `common::within_for`).
 async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    match tokio::time::timeout(HANG, future).await {
-        Ok(output) => output,
-        Err(_) => panic!("hang: {what} did not happen within {HANG:?}"),
-    }
+    common::within_for(HANG, what, future).await
 }
 
 type Fut = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>>>>;
@@ -252,8 +252,8 @@ async fn workers_count_completed_and_panicked_requests_and_show_active_ones() {
             let (_, worker) = control.started().await;
             completed[worker] += 1;
             panicked[worker] += 1;
-            // Counted before the 500 is sent.
-            assert_eq!(layer.stats().workers()[worker].panicked(), panicked[worker]);
+            // Not read here: the 500 may reach us before the worker counts
+            // the panic; the figures are checked once final, after shutdown.
         } else {
             let response = send(&mut svc, get("/ok")).await;
             assert_eq!(response.status(), StatusCode::OK);

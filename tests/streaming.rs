@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderName, Request, Response};
 use http_body_util::Full;
 use tokio::sync::mpsc;
 use tower::{Service, ServiceExt};
 use tower_affinity::blocking::{service_fn, IterBody};
-use tower_affinity::ThreadAffinityLayer;
+use tower_affinity::{ThreadAffinityBody, ThreadAffinityLayer};
 use tower_layer::Layer;
 
 use common::{
@@ -80,21 +80,25 @@ async fn first_frame_arrives_before_the_last_is_made() {
     assert!(next_frame(&mut body).await.is_none(), "a clean end");
 }
 
-/// A never-ending producer whose reader stops is polled at most
-/// `body_buffer` (+2) frames ahead of what was read: the worker fills the
-/// buffer, serves another request to completion, and still has not polled
-/// further; reading it down to half full lets it go on (the producer is
-/// woken once per half buffer, not per frame).
+/// A never-ending producer is polled exactly as far as its buffer has
+/// room, never a frame beyond: with nothing read it stops at `body_buffer`
+/// polls; after that it is woken only once the reader has drained the
+/// buffer to half (`queued <= body_buffer / 2`), and then refills it to
+/// exactly `read + body_buffer`. Frames are 64 KiB, which the channel never
+/// merges, so one frame read is one slot freed.
 #[tokio::test]
 async fn producer_stays_at_most_body_buffer_ahead_of_a_stopped_reader() {
     const BUFFER: usize = 4;
-    const READ: usize = 3;
     let polls = Arc::new(AtomicUsize::new(0));
     let (polled_tx, mut polled) = mpsc::unbounded_channel();
+    // Keyed: with one core worker every key lands on it, also if the pool
+    // grows spare workers, so `settle`'s request runs on the producer's
+    // thread.
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
         .body_buffer(BUFFER)
         .merge_frames(0)
+        .affinity_header(HeaderName::from_static("x-key"))
         .build();
     let counter = polls.clone();
     let mut svc = layer.layer(service_fn(move |req: Request<()>| {
@@ -104,43 +108,77 @@ async fn producer_stays_at_most_body_buffer_ahead_of_a_stopped_reader() {
                 Box::new(std::iter::from_fn(move || {
                     let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
                     let _ = polled_tx.send(n);
-                    Some(Ok(frame_data(n - 1)))
+                    Some(Ok(big_frame(n - 1)))
                 }))
             }
             _ => Box::new(std::iter::once(Ok(Bytes::from("quick")))),
         };
         Response::new(IterBody::new(chunks))
     }));
+    let mut endless = send(&mut svc, keyed("/endless")).await.into_body();
+    // The first frame is polled before the head; the rest fill the buffer.
+    let mut produced = BUFFER;
+    let mut barrier = layer.layer(tower::service_fn(yield_twice));
+    settle(&polls, &mut polled, &mut barrier, produced).await;
+    assert_eq!(polls.load(Ordering::SeqCst), produced, "nothing read yet");
 
-    let mut endless = send(&mut svc, get("/endless")).await.into_body();
-    for i in 0..READ {
-        assert_eq!(next_data(&mut endless).await, frame_data(i));
+    for read in 1..=2 * BUFFER {
+        assert_eq!(next_data(&mut endless).await, big_frame(read - 1));
+        if produced - read <= BUFFER / 2 {
+            // Drained to half: the producer is woken and refills.
+            produced = read + BUFFER;
+        }
+        settle(&polls, &mut polled, &mut barrier, produced).await;
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            produced,
+            "after reading {read} frames of a {BUFFER}-frame buffer"
+        );
     }
-    // Wait (on the body's own signal) until the worker has filled the buffer.
-    within("the worker filling the buffer", async {
-        while polled.recv().await.unwrap() < READ + BUFFER {}
+}
+
+/// Waits until the producer has made `n` frames, then sends a request
+/// through the same (only) worker whose future yields twice: the worker runs
+/// its tasks in the order they were woken, so by its answer the producer
+/// has had its turn (if it was woken: a wake-up the test means to detect)
+/// and finished it, and any poll beyond `n` would have happened.
+async fn settle<S>(
+    polls: &AtomicUsize,
+    polled: &mut mpsc::UnboundedReceiver<usize>,
+    svc: &mut S,
+    n: usize,
+) where
+    S: Service<Request<()>, Response = Response<ThreadAffinityBody>>,
+    S::Error: std::fmt::Debug,
+{
+    within("the producer reaching its bound", async {
+        // The channel wakes this loop at each poll; the counter says how many.
+        while polls.load(Ordering::SeqCst) < n {
+            polled.recv().await.unwrap();
+        }
     })
     .await;
+    let answer = send(svc, keyed("/barrier")).await;
+    assert_eq!(collect(answer.into_body()).await, "yielded twice");
+}
 
-    // The same (only) worker serves another request start to end...
-    let quick = send(&mut svc, get("/quick")).await;
-    assert_eq!(collect(quick.into_body()).await, "quick");
-    // ...and in all that time did not poll the stalled body further.
-    let bound = READ + BUFFER + 2;
-    let seen = polls.load(Ordering::SeqCst);
-    assert!(
-        seen <= bound,
-        "polled {seen} frames, {READ} read, bound {bound}"
-    );
+/// A handler that yields twice to its worker's other tasks, then answers.
+async fn yield_twice(_: Request<()>) -> Result<Response<Full<Bytes>>, Infallible> {
+    tokio::task::yield_now().await;
+    tokio::task::yield_now().await;
+    Ok(Response::new(Full::new(Bytes::from("yielded twice"))))
+}
 
-    // Reading the buffer down to half makes room, and the producer goes on.
-    for i in READ..READ + BUFFER / 2 {
-        assert_eq!(next_data(&mut endless).await, frame_data(i));
-    }
-    within("the producer resuming", async {
-        while polled.recv().await.unwrap() <= seen {}
-    })
-    .await;
+/// A 64 KiB frame (never merged by the channel) that starts with its index.
+fn big_frame(index: usize) -> Bytes {
+    let mut data = format!("{index:08}").into_bytes();
+    data.resize(64 * 1024, b'.');
+    Bytes::from(data)
+}
+
+/// A `GET` for `path`, keyed so that it goes to a core worker.
+fn keyed(path: &str) -> Request<()> {
+    Request::get(path).header("x-key", "k").body(()).unwrap()
 }
 
 /// With one worker, a client that stops reading its stream does not stop a

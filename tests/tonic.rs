@@ -8,6 +8,8 @@
 //! the handler, encoding and the response stream all run on a worker, and
 //! the gRPC frames and trailers cross to hyper through `ThreadAffinityBody`.
 
+mod common;
+
 use std::convert::Infallible;
 use std::future::{ready, Future};
 use std::net::SocketAddr;
@@ -43,10 +45,7 @@ const PREFIX: &str = "grpc-worker";
 const HANG: Duration = Duration::from_secs(10);
 
 async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    match tokio::time::timeout(HANG, future).await {
-        Ok(output) => output,
-        Err(_) => panic!("hang: {what} did not happen within {HANG:?}"),
-    }
+    common::within_for(HANG, what, future).await
 }
 
 // ---- messages (what protoc would generate) ----

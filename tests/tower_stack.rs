@@ -39,6 +39,8 @@
 //! name. The only timeouts are the `Timeout` layer under test and the hang
 //! guard.
 
+mod common;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -72,9 +74,7 @@ const TIMEOUT: Duration = Duration::from_secs(1);
 const PREFIX: &str = "stack-test";
 
 async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(HANG, future)
-        .await
-        .unwrap_or_else(|_| panic!("hang: {what} did not happen within {HANG:?}"))
+    common::within_for(HANG, what, future).await
 }
 
 fn thread_name() -> String {

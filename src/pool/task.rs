@@ -252,9 +252,13 @@ async fn send_head<B, E>(
         Ok(true) => Poll::Ready(Ok(None)),
         Ok(false) => poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await,
     };
+    // A panic here, before the head, is a 500 like any other.
+    let Ok(ended) = body.is_end_stream() else {
+        return answer_panic(reply, &active);
+    };
     let first = match first {
         Poll::Ready(Err(_)) => return answer_panic(reply, &active),
-        Poll::Ready(Ok(Some(Ok(frame)))) if body.is_end_stream().unwrap_or(false) => {
+        Poll::Ready(Ok(Some(Ok(frame)))) if ended => {
             trace::debug!(
                 status = parts.status.as_u16(),
                 streamed = false,

@@ -5,6 +5,7 @@
 //! Each test binary uses a different subset of these.
 #![allow(dead_code)]
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fmt;
@@ -12,7 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::thread::{self, ThreadId};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -22,16 +23,51 @@ use tokio::sync::mpsc;
 use tower::{Service, ServiceExt};
 use tower_affinity::{BoxError, ThreadAffinityBody};
 
-/// How long a test waits for something that must happen before calling it
-/// a hang. A guard against a test that never ends, not a timing claim.
+/// The time bound of a test that does not name its own: a guard against a
+/// test that never ends, not a timing claim.
 pub const HANG: Duration = Duration::from_secs(10);
 
-/// Awaits `future`, failing the test if it does not finish within [`HANG`].
+thread_local! {
+    /// When the test running on this thread must be done by: set by the
+    /// first guard it meets ([`within_for`] or [`bounded`]). libtest runs
+    /// each test on a thread of its own, so the bound is per test, not per
+    /// step: a test of many slow steps fails as a whole. (Guards met on
+    /// other threads, in spawned tasks, keep a bound of their own.)
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// The current test's deadline, set to `limit` from now if it has none.
+fn deadline(limit: Duration) -> Instant {
+    DEADLINE.with(|deadline| match deadline.get() {
+        Some(at) => at,
+        None => {
+            let at = Instant::now() + limit;
+            deadline.set(Some(at));
+            at
+        }
+    })
+}
+
+/// Awaits `future`, failing the test if the test as a whole (from its first
+/// guard) has not finished within [`HANG`].
 pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    match tokio::time::timeout(HANG, future).await {
+    within_for(HANG, what, future).await
+}
+
+/// Awaits `future`, failing the test if the test as a whole (from its first
+/// guard) has not finished within `limit`. The first guard of a test sets
+/// its limit; later ones share it.
+pub async fn within_for<F: Future>(limit: Duration, what: &str, future: F) -> F::Output {
+    let left = deadline(limit).saturating_duration_since(Instant::now());
+    match tokio::time::timeout(left, future).await {
         Ok(output) => output,
-        Err(_) => panic!("hang: {what} did not happen within {HANG:?}"),
+        Err(_) => panic!("hang: the test did not finish within {limit:?}, waiting for {what}"),
     }
+}
+
+/// Runs a whole test body under a bound of `limit` (see [`within_for`]).
+pub async fn bounded<F: Future<Output = ()>>(limit: Duration, test: F) {
+    within_for(limit, "the end of the test", test).await
 }
 
 /// Sends `request` through `svc` (readiness, then call) and awaits the head.
