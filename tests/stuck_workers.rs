@@ -313,3 +313,49 @@ async fn keyed_requests_do_not_wait_for_the_shared_queue() {
         assert_eq!(common::collect(response.into_body()).await, name);
     }
 }
+
+/// `shutdown_timeout` cuts a stream whose reader keeps up, at its next
+/// frame: such a stream never waits for room, so only a check in the pump
+/// itself sees the shutdown (the worker's event loop gets its turn only
+/// once per many task polls). Each item waits for a token from the test;
+/// the tokens for the whole body are sent after the deadline has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_timeout_cuts_a_stream_whose_reader_keeps_up() {
+    const ITEMS: usize = 5_000;
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(1)
+        // Room for the whole body, one frame per item: the pump never waits.
+        .body_buffer(ITEMS + 1)
+        .merge_frames(0)
+        .build();
+    let (tokens, gate) = std_mpsc::channel::<()>();
+    let gate = Arc::new(Mutex::new(gate));
+    let svc = layer.service(blocking::service_fn(move |_: Request<()>| {
+        let gate = gate.clone();
+        let items = (0..ITEMS).map(move |i| {
+            let _ = gate.lock().unwrap().recv();
+            Ok::<_, Infallible>(Bytes::from(format!("{i};")))
+        });
+        Response::new(blocking::IterBody::new(items))
+    }));
+    tokens.send(()).unwrap();
+    let response = within("the head", svc.oneshot(get("/"))).await.unwrap();
+    let mut body = response.into_body();
+    assert_eq!(common::next_data(&mut body).await, "0;");
+
+    // The worker waits for the second token meanwhile: reported stuck.
+    let report = within("shutdown_timeout", layer.shutdown_timeout(Duration::ZERO)).await;
+    assert_eq!(report.stuck(), &[0]);
+    for _ in 1..ITEMS {
+        // Fails once the cut body, and its receiver, are dropped.
+        let _ = tokens.send(());
+    }
+    let (frames, error) = common::read_frames(&mut body).await;
+    assert!(error.is_some(), "a cut stream ends with an error");
+    assert!(
+        frames.len() <= 1,
+        "{} frames produced after the shutdown deadline",
+        frames.len()
+    );
+}

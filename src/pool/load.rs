@@ -58,6 +58,12 @@ impl Load {
 pub(crate) struct Active(Rc<Load>);
 
 impl Active {
+    /// Whether `shutdown_timeout`'s deadline has passed: a request still
+    /// running stops at its next step.
+    pub(crate) fn aborting(&self) -> bool {
+        self.0.core.lifecycle.is_aborting()
+    }
+
     /// Counts a panic caught while serving this request.
     pub(crate) fn panicked(&self) {
         self.0.counters().panicked.fetch_add(1, Relaxed);

@@ -53,8 +53,11 @@ pub(super) async fn stream_body<B>(
     // and the worker's event loop and other streams get their turn before
     // this one fills its buffer.
     tokio::task::yield_now().await;
-    match pump(body.as_mut(), &tx, stream).await {
+    match pump(body.as_mut(), &tx, stream, &active).await {
         Pumped::Done => trace::debug!("ended"),
+        // The sender drops without an end marker: the reader gets a body
+        // error, as for every stream a shutdown cuts.
+        Pumped::Aborted => trace::debug!("cut by shutdown"),
         Pumped::Cancelled => trace::debug!("cancelled"),
         Pumped::Panicked => {
             trace::warning!("panicked");
@@ -83,11 +86,18 @@ enum Pumped {
     Panicked,
     /// The deadline passed; the reader has not been told.
     Elapsed,
+    /// `shutdown_timeout`'s deadline passed; the reader has not been told.
+    Aborted,
 }
 
 /// Moves frames from the inner body to the channel until the body ends, it
-/// fails, the reader goes away, or the deadline passes.
-async fn pump<B>(mut body: Pin<&mut Guarded<B>>, tx: &FrameSender, stream: Stream) -> Pumped
+/// fails, the reader goes away, the deadline passes, or a shutdown cuts it.
+async fn pump<B>(
+    mut body: Pin<&mut Guarded<B>>,
+    tx: &FrameSender,
+    stream: Stream,
+    active: &Active,
+) -> Pumped
 where
     B: Body,
     B::Error: Into<BoxError>,
@@ -102,6 +112,12 @@ where
     // Whether the last send left room: then there is no need to ask.
     let mut room = false;
     loop {
+        // Checked here, not only by the event loop: a stream whose reader
+        // keeps up never waits, and the local set polls the event loop only
+        // once per 61 task polls, which for slow frames can be seconds.
+        if active.aborting() {
+            return Pumped::Aborted;
+        }
         // Room first: a frame produced with nowhere to go would either block
         // the thread or grow memory.
         if !room {
