@@ -63,6 +63,7 @@ impl Builder {
                 max_workers: workers,
                 keep_alive: Duration::from_secs(10),
                 spawn_limit: None,
+                runtime_limit: None,
                 queue_capacity: 1024,
                 max_streams_per_worker: 256,
                 body_buffer: 8,
@@ -147,6 +148,14 @@ impl Builder {
     #[doc(hidden)]
     pub fn fail_spawns_after(mut self, n: usize) -> Self {
         self.config.spawn_limit = Some(n);
+        self
+    }
+
+    /// Test seam: worker runtimes after the first `n` fail to build, as if
+    /// the process were out of file descriptors.
+    #[doc(hidden)]
+    pub fn fail_runtimes_after(mut self, n: usize) -> Self {
+        self.config.runtime_limit = Some(n);
         self
     }
 
@@ -306,7 +315,9 @@ impl Builder {
     }
 
     /// Runs `hook` on each worker thread when it stops, after it has dropped
-    /// its service instances.
+    /// its service instances: at shutdown, when a spare retires, and also on
+    /// a thread that a panic escaping the shields ended (after its guarded
+    /// cleanup) or whose runtime could not be built.
     pub fn on_thread_stop<F>(mut self, hook: F) -> Self
     where
         F: Fn(&WorkerId) + Send + Sync + 'static,

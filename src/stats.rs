@@ -16,7 +16,7 @@
 //! }
 //! ```
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::pool::probe;
@@ -125,6 +125,7 @@ pub struct WorkerStats {
     completed: u64,
     panicked: u64,
     replaced: u64,
+    start_failures: u32,
     current_poll: Option<Duration>,
 }
 
@@ -180,6 +181,14 @@ impl WorkerStats {
         self.replaced
     }
 
+    /// Times in a row this worker's thread could not start (its runtime
+    /// could not be built). Retried with a doubling backoff from 10 ms;
+    /// after 5 the worker is given up ([`is_alive`](Self::is_alive) turns
+    /// `false`) and its keys go to the next live core worker.
+    pub fn start_failures(&self) -> u32 {
+        self.start_failures
+    }
+
     /// How long the worker has been inside its current poll of user code,
     /// or `None` when it is not polling. A large figure means the worker is
     /// stuck in a blocking call.
@@ -212,6 +221,8 @@ pub(crate) struct WorkerCounters {
     pub(crate) completed: AtomicU64,
     pub(crate) panicked: AtomicU64,
     pub(crate) replaced: AtomicU64,
+    /// Failed starts in a row (reset when a thread starts).
+    pub(crate) start_failures: AtomicU32,
     // Nanoseconds since `epoch` at which the current poll began, plus one;
     // 0 while the worker is not polling.
     busy_since: AtomicU64,
@@ -222,9 +233,22 @@ impl WorkerCounters {
     pub(crate) fn is_polling(&self) -> bool {
         self.busy_since.load(Relaxed) != 0
     }
+
+    /// A thread started in this slot: its failed starts are behind it.
+    pub(crate) fn started(&self) {
+        self.start_failures.store(0, Relaxed);
+    }
 }
 
 impl Counters {
+    /// How many worker threads run now.
+    pub(crate) fn running(&self) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.alive.load(Relaxed))
+            .count()
+    }
+
     /// How long worker `index` has been inside its current poll.
     pub(crate) fn polling_for(&self, index: usize) -> Option<Duration> {
         let since = self.workers[index].busy_since.load(Relaxed);
@@ -290,6 +314,7 @@ impl Counters {
                 completed: w.completed.load(Relaxed),
                 panicked: w.panicked.load(Relaxed),
                 replaced: w.replaced.load(Relaxed),
+                start_failures: w.start_failures.load(Relaxed),
                 current_poll: self.polling_for(index),
             })
             .collect();

@@ -28,6 +28,7 @@
 //! the job off its queue. Keyed jobs let theirs go: their worker's own
 //! queue bounds them.
 
+mod exit;
 mod idle;
 mod lifecycle;
 mod load;
@@ -76,6 +77,8 @@ pub(crate) struct Config {
     pub(crate) keep_alive: Duration,
     /// Test seam: thread spawns past this many fail.
     pub(crate) spawn_limit: Option<usize>,
+    /// Test seam: worker runtimes past this many fail to build.
+    pub(crate) runtime_limit: Option<usize>,
     pub(crate) queue_capacity: usize,
     pub(crate) max_streams_per_worker: usize,
     pub(crate) body_buffer: usize,
@@ -137,14 +140,32 @@ pub(crate) struct Core {
     pub(crate) id: u64,
     /// Thread spawns left before the test seam refuses them.
     spawns_left: AtomicUsize,
+    /// Runtime builds left before the test seam fails them.
+    runtimes_left: AtomicUsize,
+}
+
+/// Takes one from `left`; `false` at zero.
+fn take_one(left: &AtomicUsize) -> bool {
+    left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
 }
 
 impl Core {
     /// Whether the test seam lets one more thread start.
     fn may_spawn(&self) -> bool {
-        self.spawns_left
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok()
+        take_one(&self.spawns_left)
+    }
+
+    /// A worker's runtime (or the test seam's refusal).
+    fn build_runtime(&self) -> io::Result<tokio::runtime::Runtime> {
+        if !take_one(&self.runtimes_left) {
+            return Err(io::Error::other(
+                "tower-affinity: runtime refused (test seam)",
+            ));
+        }
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     }
 }
 
@@ -181,6 +202,7 @@ impl Pool {
             spares: Spares::new(&config),
             id: POOLS.fetch_add(1, Ordering::Relaxed),
             spawns_left: AtomicUsize::new(config.spawn_limit.unwrap_or(usize::MAX)),
+            runtimes_left: AtomicUsize::new(config.runtime_limit.unwrap_or(usize::MAX)),
             config,
         });
         // A worker's own queue only ever holds keyed requests: without a key
@@ -244,9 +266,21 @@ impl Pool {
             return (request, None);
         };
         let (parts, body) = request.into_parts();
-        let worker =
-            key(&parts, &self.inner.seed).map(|hash| (hash % self.inner.own.len() as u64) as usize);
+        let worker = key(&parts, &self.inner.seed).map(|hash| self.live(hash));
         (Request::from_parts(parts, body), worker)
+    }
+
+    /// The core worker for a key's hash: its own, or, if that worker was
+    /// given up (its thread could not be restarted), the next live one.
+    /// Its keys lose their per-thread state there; no key moves otherwise.
+    fn live(&self, hash: u64) -> usize {
+        let workers = self.inner.own.len();
+        let home = (hash % workers as u64) as usize;
+        let counters = &self.inner.core.counters;
+        (0..workers)
+            .map(|step| (home + step) % workers)
+            .find(|&index| counters.worker(index).alive.load(Ordering::Relaxed))
+            .unwrap_or(home)
     }
 
     /// Queues a job for `worker`, or for whichever worker has room.

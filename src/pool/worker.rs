@@ -17,9 +17,10 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::{io, thread};
@@ -27,6 +28,7 @@ use std::{io, thread};
 use async_channel::Receiver;
 use tokio::time::Sleep;
 
+use super::exit::{End, Exit};
 use super::idle::{Source, Taken};
 use super::load::Load;
 // Re-exported for `task.rs`, which imports it from here.
@@ -34,7 +36,7 @@ pub(crate) use super::load::Active;
 use super::unwind::guard;
 use super::{probe, Core, Envelope};
 use crate::error::Failure;
-use crate::WorkerId;
+use crate::{trace, WorkerId};
 
 /// The task serving one request, local to its worker.
 pub(crate) type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
@@ -57,6 +59,11 @@ impl Queues {
 
     pub(super) fn spare(shared: Receiver<Envelope>) -> Self {
         Self { own: None, shared }
+    }
+
+    /// A core worker's own queue.
+    pub(super) fn own(&self) -> Option<&Receiver<Envelope>> {
+        self.own.as_ref()
     }
 }
 
@@ -94,58 +101,17 @@ pub(super) fn spawn(index: usize, queues: Queues, core: Arc<Core>) -> io::Result
     thread::Builder::new()
         .name(name)
         .spawn(move || {
-            let mut exit = Exit {
-                index,
-                queues: queues.clone(),
-                core: core.clone(),
-                retired: false,
-            };
-            exit.retired = run(id, &queues, &core);
+            // Decides, as the thread ends however it ends, what comes next.
+            let mut exit = Exit::new(index, queues.clone(), core.clone());
+            exit.end = run(id, &queues, &core);
             drop(exit);
         })
         .map(drop)
 }
 
-/// Runs when a worker thread ends. After a panic that escaped the shields
-/// around user code (a panic in a panic payload's `Drop`, say) it starts a
-/// replacement for a core worker: requests the dead thread held fail when
-/// their reply channels drop, and its services are rebuilt lazily on the
-/// new thread. A spare is not replaced: its slot is freed.
-struct Exit {
-    index: usize,
-    queues: Queues,
-    core: Arc<Core>,
-    retired: bool,
-}
-
-impl Drop for Exit {
-    fn drop(&mut self) {
-        let core = &self.core;
-        core.idle.set_waker(self.index, None);
-        core.idle.leave(self.index);
-        let counters = core.counters.worker(self.index);
-        counters.tid.store(0, Relaxed);
-        if self.index >= core.config.workers {
-            counters.alive.store(false, SeqCst);
-            core.spares.exited(self.index, self.retired);
-            core.lifecycle.exited();
-            return;
-        }
-        let work_left = !self.queues.finished();
-        if thread::panicking() && work_left {
-            counters.replaced.fetch_add(1, Relaxed);
-            if spawn(self.index, self.queues.clone(), core.clone()).is_ok() {
-                return;
-            }
-        }
-        counters.alive.store(false, SeqCst);
-        core.lifecycle.exited();
-    }
-}
-
-/// Runs the worker until its queues close (or, for a spare, until it
-/// retires: then `true`).
-fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> bool {
+/// Runs the worker until its queues close, it retires (a spare), or a
+/// panic escapes the shields around user code.
+fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> End {
     id.enter();
     let index = id.index();
     core.counters
@@ -155,45 +121,71 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> bool {
     if let Some(hook) = &core.config.on_thread_start {
         let _ = guard(|| hook(&id));
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tower-affinity: failed to build a worker runtime");
+    let runtime = match core.build_runtime() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            stop_hook(core, &id);
+            return End::FailedStart(error);
+        }
+    };
+    core.counters.worker(index).started();
     let local = tokio::task::LocalSet::new();
     let state = WorkerState::new(id, core.clone());
-    let retired = local.block_on(&runtime, async {
-        let mut serving = pin!(serve(queues, &state));
-        let mut waker: Option<Waker> = None;
-        poll_fn(|cx| {
-            // The idle list and an abort wake this loop through the waker
-            // stored in its slot; it only changes if the runtime's does.
-            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                waker = Some(cx.waker().clone());
-                core.idle.set_waker(index, waker.as_ref());
-            }
-            if core.lifecycle.is_aborting() {
-                return Poll::Ready(false);
-            }
-            serving.as_mut().poll(cx)
+    // A panic that escapes the shields (a panic payload whose `Drop`
+    // panics, say) must not unwind through the services and tasks: a
+    // second panic in one of their `Drop`s would abort the process.
+    let served = catch_unwind(AssertUnwindSafe(|| {
+        local.block_on(&runtime, async {
+            let mut serving = pin!(serve(queues, &state));
+            let mut waker: Option<Waker> = None;
+            poll_fn(|cx| {
+                // The idle list and an abort wake this loop through the
+                // waker stored in its slot; it only changes if the
+                // runtime's does.
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    waker = Some(cx.waker().clone());
+                    core.idle.set_waker(index, waker.as_ref());
+                }
+                if core.lifecycle.is_aborting() {
+                    return Poll::Ready(false);
+                }
+                serving.as_mut().poll(cx)
+            })
+            .await
         })
-        .await
-    });
+    }));
+    let end = match served {
+        Ok(true) => End::Retired,
+        Ok(false) => End::Finished,
+        Err(payload) => {
+            trace::warning!(worker = index, "a panic escaped; the thread ends");
+            let _ = guard(move || drop(payload));
+            End::Died
+        }
+    };
     // Only after an abort can jobs be left in closed queues. (A spare that
-    // retires leaves the open queue to the others.)
-    if !retired {
+    // retires, and a thread that dies, leave the open queues to the others
+    // and to the replacement.)
+    if matches!(end, End::Finished) {
         while let Some(envelope) = queues.try_take() {
             state.reject(envelope, Failure::ShutDown);
         }
     }
-    // Tasks still in the set (none after a clean drain) are dropped here, on
-    // this thread, before the services they may point to. Their bodies end
-    // with an error: their channels close without an end marker.
-    drop(local);
+    // One guarded cleanup, however the loop ended. Tasks still in the set
+    // (none after a clean drain) are dropped first, on this thread, before
+    // the services they may point to; their bodies end with an error, as
+    // their channels close without an end marker.
+    let _ = guard(move || drop(local));
     state.drop_services();
+    stop_hook(core, &state.id);
+    let _ = guard(move || drop(runtime));
+    end
+}
+
+fn stop_hook(core: &Core, id: &WorkerId) {
     if let Some(hook) = &core.config.on_thread_stop {
-        let _ = guard(|| hook(&state.id));
+        let _ = guard(|| hook(id));
     }
-    retired
 }
 
 /// How many jobs the event loop admits in a row before it yields, so that
@@ -287,6 +279,14 @@ async fn next_job(
     .await
 }
 
+/// Runs `f`; `None` if it panicked. The payload is leaked, not dropped:
+/// its `Drop` may panic again.
+fn contain<T>(f: impl FnOnce() -> T) -> Option<T> {
+    catch_unwind(AssertUnwindSafe(f))
+        .map_err(std::mem::forget)
+        .ok()
+}
+
 /// What a worker thread owns: its service instances and its load.
 pub(crate) struct WorkerState {
     id: WorkerId,
@@ -364,9 +364,24 @@ impl WorkerState {
         if pending {
             let core = self.core.clone();
             let index = self.id.index();
+            let mut task = Some(task);
             tokio::task::spawn_local(poll_fn(move |cx| {
                 let _polling = core.counters.polling(index);
-                task.as_mut().poll(cx)
+                let Some(running) = task.as_mut() else {
+                    return Poll::Ready(());
+                };
+                // A panic that escaped the shields: tokio would catch it
+                // and keep the thread, but nobody would count it.
+                match contain(|| running.as_mut().poll(cx)) {
+                    Some(poll) => poll,
+                    None => {
+                        trace::warning!(worker = index, "a panic escaped a request's task");
+                        core.counters.worker(index).panicked.fetch_add(1, Relaxed);
+                        let dead = task.take();
+                        let _ = contain(move || drop(dead));
+                        Poll::Ready(())
+                    }
+                }
             }));
         }
     }
