@@ -99,11 +99,11 @@ impl Builder {
     /// fewer than `workers`; `max_workers(n)` with `n <= workers` gives a
     /// fixed pool of `workers` threads.
     ///
-    /// A spare starts when unkeyed requests wait and every running worker
-    /// is **blocked in user code**: inside one poll of a handler, future or
-    /// body for over a millisecond and off the CPU (sleeping on a lock, a
-    /// socket, a database; read from the scheduler on Linux, while
-    /// elsewhere any poll longer than 20 ms counts). So a handler that
+    /// While unkeyed requests wait and no worker is free, a spare starts
+    /// for each worker **blocked in user code**: inside one poll of a
+    /// handler, future or body for over a millisecond and off the CPU
+    /// (sleeping on a lock, a socket, a database; read from the scheduler
+    /// on Linux, while elsewhere any poll longer than 20 ms counts). So a handler that
     /// waits on I/O gets up to `max_workers` threads, as with
     /// `spawn_blocking`, while CPU-bound or quick handlers never grow the
     /// pool. A spare is a full worker (its own runtime, hooks,

@@ -67,12 +67,12 @@ impl Stats {
         self.spares.retired
     }
 
-    /// Times the spare supervisor found unkeyed work waiting while every
-    /// running worker was inside one poll of user code for over a
-    /// millisecond. A spare starts from such a look only if they were all
-    /// [`blocked`](WorkerStats::blocked) (off the CPU) and the pool was
-    /// below [`max_workers`](Self::max_workers): many stalls and few
-    /// spares mean CPU-bound handlers, or a pool at its ceiling.
+    /// Times the spare supervisor found unkeyed work waiting, no worker
+    /// free, and some worker inside one poll of user code for over a
+    /// millisecond. Such a look starts a spare for each of those workers
+    /// that is [`blocked`](WorkerStats::blocked) (off the CPU) while the
+    /// pool is below [`max_workers`](Self::max_workers): many stalls and
+    /// few spares mean CPU-bound handlers, or a pool at its ceiling.
     pub fn stalls(&self) -> u64 {
         self.spares.stalls
     }
