@@ -121,7 +121,7 @@ impl Builder {
     ///
     /// If the operating system refuses a thread, the pool keeps serving
     /// with the threads it has and lowers this ceiling to them (see
-    /// [`Stats::spawn_failures`](crate::Stats::spawn_failures)).
+    /// [`Stats::spawn_failures`](crate::stats::Stats::spawn_failures)).
     ///
     /// ```
     /// use tower_affinity::ThreadAffinityLayer;
