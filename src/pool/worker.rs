@@ -70,10 +70,12 @@ impl Queues {
 impl Source for Queues {
     type Job = Envelope;
 
-    /// From the worker's own queue first: keyed requests keep their order.
-    fn try_take(&self) -> Option<Envelope> {
-        let own = self.own.as_ref().and_then(|own| own.try_recv().ok());
-        own.or_else(|| self.shared.try_recv().ok())
+    fn take_own(&self) -> Option<Envelope> {
+        self.own.as_ref().and_then(|own| own.try_recv().ok())
+    }
+
+    fn take_shared(&self) -> Option<Envelope> {
+        self.shared.try_recv().ok()
     }
 
     fn finished(&self) -> bool {
@@ -167,7 +169,7 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> End {
     // retires, and a thread that dies, leave the open queues to the others
     // and to the replacement.)
     if matches!(end, End::Finished) {
-        while let Some(envelope) = queues.try_take() {
+        while let Some(envelope) = queues.take_own().or_else(|| queues.take_shared()) {
             state.reject(envelope, Failure::ShutDown);
         }
     }
