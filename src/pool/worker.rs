@@ -161,6 +161,7 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> End {
         Ok(false) => End::Finished,
         Err(payload) => {
             trace::warning!(worker = index, "a panic escaped; the thread ends");
+            core.counters.worker(index).panicked.fetch_add(1, Relaxed);
             let _ = guard(move || drop(payload));
             End::Died
         }
