@@ -28,12 +28,15 @@
 //! the job off its queue. Keyed jobs let theirs go: their worker's own
 //! queue bounds them.
 
+mod config;
 mod exit;
 mod idle;
 mod lifecycle;
 mod load;
 pub(crate) mod probe;
+mod queues;
 mod spare;
+mod state;
 mod task;
 mod unwind;
 mod worker;
@@ -46,7 +49,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_channel::{Sender, TrySendError};
-use http::request::Parts;
 use http::Request;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -60,54 +62,8 @@ use self::spare::Spares;
 use self::worker::Queues;
 use crate::error::Failure;
 use crate::stats::{Counters, Stats};
-use crate::{Overload, WorkerId};
 
-/// Maps a request's head to a key hash, with the pool's seed.
-pub(crate) type KeyFn = Arc<dyn Fn(&Parts, &RandomState) -> Option<u64> + Send + Sync>;
-
-/// A hook run on each worker thread.
-pub(crate) type Hook = Arc<dyn Fn(&WorkerId) + Send + Sync>;
-
-/// The settings a pool is built with (see [`Builder`](crate::Builder)).
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) workers: usize,
-    /// At least `workers` (the builder makes sure).
-    pub(crate) max_workers: usize,
-    pub(crate) keep_alive: Duration,
-    /// Test seam: thread spawns past this many fail.
-    pub(crate) spawn_limit: Option<usize>,
-    /// Test seam: worker runtimes past this many fail to build.
-    pub(crate) runtime_limit: Option<usize>,
-    pub(crate) queue_capacity: usize,
-    pub(crate) max_streams_per_worker: usize,
-    pub(crate) body_buffer: usize,
-    pub(crate) thread_name: String,
-    pub(crate) overload: Overload,
-    pub(crate) queue_timeout: Option<Duration>,
-    pub(crate) response_deadline: Option<Duration>,
-    pub(crate) affinity_key: Option<KeyFn>,
-    pub(crate) on_thread_start: Option<Hook>,
-    pub(crate) on_thread_stop: Option<Hook>,
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("workers", &self.workers)
-            .field("max_workers", &self.max_workers)
-            .field("keep_alive", &self.keep_alive)
-            .field("queue_capacity", &self.queue_capacity)
-            .field("max_streams_per_worker", &self.max_streams_per_worker)
-            .field("body_buffer", &self.body_buffer)
-            .field("thread_name", &self.thread_name)
-            .field("overload", &self.overload)
-            .field("queue_timeout", &self.queue_timeout)
-            .field("response_deadline", &self.response_deadline)
-            .field("affinity_key", &self.affinity_key.is_some())
-            .finish_non_exhaustive()
-    }
-}
+pub(crate) use self::config::Config;
 
 /// One request on its way to a worker, with its types erased so that one
 /// queue carries requests for every service the layer wraps.

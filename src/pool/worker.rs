@@ -13,26 +13,22 @@
 //! times before parking cost the threads that had work more than the
 //! wake-ups it saved, and more so the more workers there were.
 
-use std::any::Any;
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::{pin, Pin};
-use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Poll, Waker};
 use std::{io, thread};
 
-use async_channel::Receiver;
 use tokio::time::Sleep;
 
 use super::exit::{End, Exit};
 use super::idle::{Source, Taken};
-use super::load::Load;
-// Re-exported for `task.rs`, which imports it from here.
+// Re-exported for `task.rs`, which imports them from here.
 pub(crate) use super::load::Active;
+pub(crate) use super::queues::Queues;
+pub(crate) use super::state::WorkerState;
 use super::unwind::guard;
 use super::{probe, Core, Envelope};
 use crate::error::Failure;
@@ -40,56 +36,6 @@ use crate::{trace, WorkerId};
 
 /// The task serving one request, local to its worker.
 pub(crate) type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
-
-/// The receiving ends a worker takes jobs from.
-#[derive(Clone)]
-pub(crate) struct Queues {
-    /// A core worker's own queue, for keyed jobs; spares have none.
-    own: Option<Receiver<Envelope>>,
-    shared: Receiver<Envelope>,
-}
-
-impl Queues {
-    pub(super) fn core(own: Receiver<Envelope>, shared: Receiver<Envelope>) -> Self {
-        Self {
-            own: Some(own),
-            shared,
-        }
-    }
-
-    pub(super) fn spare(shared: Receiver<Envelope>) -> Self {
-        Self { own: None, shared }
-    }
-
-    /// A core worker's own queue.
-    pub(super) fn own(&self) -> Option<&Receiver<Envelope>> {
-        self.own.as_ref()
-    }
-}
-
-impl Source for Queues {
-    type Job = Envelope;
-
-    fn take_own(&self) -> Option<Envelope> {
-        self.own.as_ref().and_then(|own| own.try_recv().ok())
-    }
-
-    fn take_shared(&self) -> Option<Envelope> {
-        self.shared.try_recv().ok()
-    }
-
-    fn finished(&self) -> bool {
-        let own_done = self
-            .own
-            .as_ref()
-            .is_none_or(|own| own.is_closed() && own.is_empty());
-        own_done && self.shared.is_closed() && self.shared.is_empty()
-    }
-
-    fn more_shared(&self) -> bool {
-        !self.shared.is_empty()
-    }
-}
 
 /// Starts worker `index` on a new thread.
 pub(super) fn spawn(index: usize, queues: Queues, core: Arc<Core>) -> io::Result<()> {
@@ -218,7 +164,7 @@ async fn serve(queues: &Queues, state: &WorkerState) -> bool {
             Next::Finished => break false,
             Next::Retire => break true,
         };
-        if queues.shared.is_closed() && !state.core.lifecycle.phase().serves_queued() {
+        if queues.shared().is_closed() && !state.core.lifecycle.phase().serves_queued() {
             // Every handle is gone: answer what is still queued, take no more.
             state.reject(envelope, Failure::ShutDown);
             continue;
@@ -280,119 +226,4 @@ async fn next_job(
         }
     })
     .await
-}
-
-/// Runs `f`; `None` if it panicked. The payload is leaked, not dropped:
-/// its `Drop` may panic again.
-fn contain<T>(f: impl FnOnce() -> T) -> Option<T> {
-    catch_unwind(AssertUnwindSafe(f))
-        .map_err(std::mem::forget)
-        .ok()
-}
-
-/// What a worker thread owns: its service instances and its load.
-pub(crate) struct WorkerState {
-    id: WorkerId,
-    core: Arc<Core>,
-    /// Whether this is a spare (it serves the shared queue only).
-    spare: bool,
-    // One instance per wrapped service, created on first use on this thread.
-    services: RefCell<HashMap<u64, Rc<dyn Any>>>,
-    load: Rc<Load>,
-}
-
-impl WorkerState {
-    fn new(id: WorkerId, core: Arc<Core>) -> Self {
-        let load = Load::new(core.clone(), id.index());
-        Self {
-            spare: id.index() >= core.config.workers,
-            id,
-            core,
-            services: RefCell::default(),
-            load,
-        }
-    }
-
-    pub(crate) fn core(&self) -> &Arc<Core> {
-        &self.core
-    }
-
-    pub(crate) fn id(&self) -> &WorkerId {
-        &self.id
-    }
-
-    /// This worker's instance of service `id`, made by `make` on first use.
-    pub(crate) fn instance<S: 'static>(&self, id: u64, make: impl FnOnce() -> S) -> Rc<RefCell<S>> {
-        if let Some(instance) = self.services.borrow().get(&id) {
-            return Rc::clone(instance)
-                .downcast()
-                .expect("a service id names one service type");
-        }
-        let instance = Rc::new(RefCell::new(make()));
-        self.services.borrow_mut().insert(id, instance.clone());
-        instance
-    }
-
-    fn reject(&self, envelope: Envelope, failure: Failure) {
-        self.core.counters.rejected.fetch_add(1, Relaxed);
-        envelope.job.reject(failure);
-    }
-
-    /// Serves a job: polls its task once inline, spawns it only if it has
-    /// to wait.
-    fn run_job(&self, envelope: Envelope) {
-        let Envelope {
-            job,
-            enqueued,
-            _permit: permit,
-        } = envelope;
-        // The job has left the queue: free its place now, not after the
-        // inline poll below, which may block for as long as the handler runs.
-        drop(permit);
-        if let (Some(enqueued), Some(timeout)) = (enqueued, self.core.config.queue_timeout) {
-            if enqueued.elapsed() > timeout {
-                self.core.counters.timed_out.fetch_add(1, Relaxed);
-                return job.reject(Failure::TimedOut);
-            }
-        }
-        let active = self.load.enter();
-        let mut task = job.start(self, active);
-        let mut cx = Context::from_waker(Waker::noop());
-        // The inline poll uses a no-op waker: if the task is pending, the
-        // spawned task is polled again at once and registers its real waker.
-        let pending = {
-            let _polling = self.core.counters.polling(self.id.index());
-            task.as_mut().poll(&mut cx).is_pending()
-        };
-        if pending {
-            let core = self.core.clone();
-            let index = self.id.index();
-            let mut task = Some(task);
-            tokio::task::spawn_local(poll_fn(move |cx| {
-                let _polling = core.counters.polling(index);
-                let Some(running) = task.as_mut() else {
-                    return Poll::Ready(());
-                };
-                // A panic that escaped the shields: tokio would catch it
-                // and keep the thread, but nobody would count it.
-                match contain(|| running.as_mut().poll(cx)) {
-                    Some(poll) => poll,
-                    None => {
-                        trace::warning!(worker = index, "a panic escaped a request's task");
-                        core.counters.worker(index).panicked.fetch_add(1, Relaxed);
-                        let dead = task.take();
-                        let _ = contain(move || drop(dead));
-                        Poll::Ready(())
-                    }
-                }
-            }));
-        }
-    }
-
-    /// Drops every service instance on this thread, one panic at a time.
-    fn drop_services(&self) {
-        for (_, instance) in self.services.take() {
-            let _ = guard(move || drop(instance));
-        }
-    }
 }
