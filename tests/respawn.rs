@@ -226,6 +226,14 @@ async fn a_panic_escaping_a_spawned_task_is_counted() {
     .await;
     // The request fails (its reply went with the task), not hangs.
     assert_ne!(response.unwrap().status(), StatusCode::OK);
+    // The reply may go before the worker has counted (it is still
+    // unwinding): wait for the count.
+    within("the panic counted", async {
+        while layer.stats().workers()[0].panicked() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
     let stats = layer.stats();
     assert_eq!(stats.workers()[0].panicked(), 1, "{stats:?}");
     assert_eq!(stats.workers()[0].replaced(), 0);
