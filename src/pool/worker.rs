@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::{io, thread};
 
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use super::exit::{End, Exit};
 use super::idle::{Source, Taken};
@@ -156,10 +156,10 @@ enum Next {
 async fn serve(queues: &Queues, state: &WorkerState) -> bool {
     let max = state.core.config.max_streams_per_worker;
     let mut admitted = 0usize;
-    let mut idle_since: Option<Pin<Box<Sleep>>> = None;
+    let mut idle = IdleTimer::default();
     let retired = loop {
         state.load.below(max).await;
-        let envelope = match next_job(queues, state, &mut idle_since).await {
+        let envelope = match next_job(queues, state, &mut idle).await {
             Next::Job(envelope) => envelope,
             Next::Finished => break false,
             Next::Retire => break true,
@@ -181,44 +181,61 @@ async fn serve(queues: &Queues, state: &WorkerState) -> bool {
     retired
 }
 
+/// How long a spare has had nothing to serve, across polls of its loop.
+///
+/// One timer for the thread's life, not one per idle spell: a spare goes
+/// idle after every quick request. The timer may fire early (the spare was
+/// busy since it was set); it is then set again for the rest.
+#[derive(Default)]
+struct IdleTimer {
+    since: Option<Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
 /// The next job (see `Idle::take`), or the end. A spare with nothing to
-/// serve for its keep-alive retires; `idle_since` times that, across polls.
-async fn next_job(
-    queues: &Queues,
-    state: &WorkerState,
-    idle_since: &mut Option<Pin<Box<Sleep>>>,
-) -> Next {
+/// serve for its keep-alive retires.
+async fn next_job(queues: &Queues, state: &WorkerState, idle: &mut IdleTimer) -> Next {
     let core = &state.core;
     let index = state.id.index();
     let busy = |i: usize| core.counters.worker(i).is_polling();
     poll_fn(|cx| match core.idle.take(index, queues, busy) {
         Taken::Job(envelope) => {
-            *idle_since = None;
+            idle.since = None;
             Poll::Ready(Next::Job(envelope))
         }
         Taken::Finished => Poll::Ready(Next::Finished),
         Taken::Waiting if !state.spare || state.load.active() > 0 => {
-            *idle_since = None;
+            idle.since = None;
             Poll::Pending
         }
         Taken::Waiting => {
             let keep_alive = core.spares.keep_alive();
-            let timer = idle_since.get_or_insert_with(|| Box::pin(tokio::time::sleep(keep_alive)));
+            let since = *idle.since.get_or_insert_with(Instant::now);
+            let due = since + keep_alive;
+            let timer = idle
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            match core.spares.may_retire() {
+            let now = Instant::now();
+            let wait = if now < due {
+                // Set while this spare was busy: idle for less than that.
+                Err(due - now)
+            } else {
+                core.spares.may_retire()
+            };
+            match wait {
                 // Leave the idle list first: a submitter that claimed this
                 // spare meanwhile has a job for it.
                 Ok(()) if core.idle.leave(index) => Poll::Ready(Next::Retire),
                 Ok(()) => {
-                    *idle_since = None;
+                    idle.since = None;
                     cx.waker().wake_by_ref();
                     Poll::Pending
                 }
                 Err(wait) => {
-                    let deadline = tokio::time::Instant::now() + wait;
-                    timer.as_mut().reset(deadline);
+                    timer.as_mut().reset(now + wait);
                     let _ = timer.as_mut().poll(cx);
                     Poll::Pending
                 }
