@@ -94,8 +94,11 @@ impl Drop for Exit {
         counters.tid.store(0, Relaxed);
         let end = std::mem::replace(&mut self.end, End::Finished);
         if index >= core.config.workers {
+            // Marked gone before the slot is freed: the next spare in this
+            // slot marks it alive again, and must not be overwritten.
+            self.gone();
             core.spares.exited(index, matches!(end, End::Retired));
-            return self.gone();
+            return;
         }
         let failures = match end {
             End::Finished | End::Retired => return self.gone(),
