@@ -61,7 +61,7 @@ impl Case {
     fn variants(self) -> &'static [&'static str] {
         match self {
             Case::Wait2ms => &["spawn_blocking", "default", "workers64", "workers128"],
-            Case::Mix => &["spawn_blocking", "default"],
+            Case::Mix => &["spawn_blocking", "default", "workers64"],
             Case::Spin2ms => &["fixed2", "default", "spawn_blocking"],
         }
     }

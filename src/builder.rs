@@ -64,6 +64,7 @@ impl Builder {
                 max_workers: workers,
                 keep_alive: Duration::from_secs(10),
                 spawn_limit: None,
+                runtime_limit: None,
                 queue_capacity: 1024,
                 max_streams_per_worker: 256,
                 body_buffer: 8,
@@ -100,11 +101,11 @@ impl Builder {
     /// fewer than `workers`; `max_workers(n)` with `n <= workers` gives a
     /// fixed pool of `workers` threads.
     ///
-    /// A spare starts when unkeyed requests wait and every running worker
-    /// is **blocked in user code**: inside one poll of a handler, future or
-    /// body for over a millisecond and off the CPU (sleeping on a lock, a
-    /// socket, a database; read from the scheduler on Linux, while
-    /// elsewhere any poll longer than 20 ms counts). So a handler that
+    /// While unkeyed requests wait and no worker is free, a spare starts
+    /// for each worker **blocked in user code**: inside one poll of a
+    /// handler, future or body for over a millisecond and off the CPU
+    /// (sleeping on a lock, a socket, a database; read from the scheduler
+    /// on Linux, while elsewhere any poll longer than 20 ms counts). So a handler that
     /// waits on I/O gets up to `max_workers` threads, as with
     /// `spawn_blocking`, while CPU-bound or quick handlers never grow the
     /// pool. A spare is a full worker (its own runtime, hooks,
@@ -122,7 +123,7 @@ impl Builder {
     ///
     /// If the operating system refuses a thread, the pool keeps serving
     /// with the threads it has and lowers this ceiling to them (see
-    /// [`Stats::spawn_failures`](crate::Stats::spawn_failures)).
+    /// [`Stats::spawn_failures`](crate::stats::Stats::spawn_failures)).
     ///
     /// ```
     /// use tower_affinity::ThreadAffinityLayer;
@@ -149,6 +150,14 @@ impl Builder {
     #[doc(hidden)]
     pub fn fail_spawns_after(mut self, n: usize) -> Self {
         self.config.spawn_limit = Some(n);
+        self
+    }
+
+    /// Test seam: worker runtimes after the first `n` fail to build, as if
+    /// the process were out of file descriptors.
+    #[doc(hidden)]
+    pub fn fail_runtimes_after(mut self, n: usize) -> Self {
+        self.config.runtime_limit = Some(n);
         self
     }
 
@@ -347,7 +356,9 @@ impl Builder {
     }
 
     /// Runs `hook` on each worker thread when it stops, after it has dropped
-    /// its service instances.
+    /// its service instances: at shutdown, when a spare retires, and also on
+    /// a thread that a panic escaping the shields ended (after its guarded
+    /// cleanup) or whose runtime could not be built.
     pub fn on_thread_stop<F>(mut self, hook: F) -> Self
     where
         F: Fn(&WorkerId) + Send + Sync + 'static,

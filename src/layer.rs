@@ -9,11 +9,13 @@ use crate::pool::Pool;
 use crate::stats::Stats;
 use crate::{Builder, ShutdownReport, ThreadAffinity, WorkerId};
 
-/// Wraps services so that they run on a fixed pool of worker threads.
+/// Wraps services so that they run on a pool of worker threads.
 ///
 /// Cheap to clone: every clone, and every service it wraps, shares one pool.
-/// The threads start when the layer is built and stop when the last layer
-/// and service handle is dropped.
+/// The core threads start when the layer is built and stop when the last
+/// layer and service handle is dropped; while they are all blocked in user
+/// code and unkeyed requests wait, spare threads start, up to
+/// [`Builder::max_workers`], and retire when idle.
 ///
 /// ```
 /// use std::convert::Infallible;
@@ -39,8 +41,9 @@ pub struct ThreadAffinityLayer {
 }
 
 impl ThreadAffinityLayer {
-    /// A layer with `workers` threads and the other settings at their
-    /// defaults (see [`Builder`]).
+    /// A layer with `workers` core threads and the other settings at their
+    /// defaults (see [`Builder`]): up to 64 threads (or `workers`, if more)
+    /// while handlers block.
     ///
     /// # Panics
     ///
@@ -58,8 +61,9 @@ impl ThreadAffinityLayer {
         Self { pool }
     }
 
-    /// A snapshot of the pool: per-worker queue, load, counts and the
-    /// length of each worker's current poll; see [`Stats`].
+    /// A snapshot of the pool: per-worker queue, load, counts, the length
+    /// of each worker's current poll and whether it is blocked; spares and
+    /// thread counts; see [`Stats`].
     pub fn stats(&self) -> Stats {
         self.pool.stats()
     }

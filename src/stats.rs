@@ -16,7 +16,7 @@
 //! }
 //! ```
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::pool::probe;
@@ -69,12 +69,12 @@ impl Stats {
         self.spares.retired
     }
 
-    /// Times the spare supervisor found unkeyed work waiting while every
-    /// running worker was inside one poll of user code for over a
-    /// millisecond. A spare starts from such a look only if they were all
-    /// [`blocked`](WorkerStats::blocked) (off the CPU) and the pool was
-    /// below [`max_workers`](Self::max_workers): many stalls and few
-    /// spares mean CPU-bound handlers, or a pool at its ceiling.
+    /// Times the spare supervisor found unkeyed work waiting, no worker
+    /// free, and some worker inside one poll of user code for over a
+    /// millisecond. Such a look starts a spare for each of those workers
+    /// that is [`blocked`](WorkerStats::blocked) (off the CPU) while the
+    /// pool is below [`max_workers`](Self::max_workers): many stalls and
+    /// few spares mean CPU-bound handlers, or a pool at its ceiling.
     pub fn stalls(&self) -> u64 {
         self.spares.stalls
     }
@@ -128,6 +128,7 @@ pub struct WorkerStats {
     completed: u64,
     panicked: u64,
     replaced: u64,
+    start_failures: u32,
     current_poll: Option<Duration>,
 }
 
@@ -183,6 +184,14 @@ impl WorkerStats {
         self.replaced
     }
 
+    /// Times in a row this worker's thread could not start (its runtime
+    /// could not be built). Retried with a doubling backoff from 10 ms;
+    /// after 5 the worker is given up ([`is_alive`](Self::is_alive) turns
+    /// `false`) and its keys go to the next live core worker.
+    pub fn start_failures(&self) -> u32 {
+        self.start_failures
+    }
+
     /// How long the worker has been inside its current poll of user code,
     /// or `None` when it is not polling. A large figure means the worker is
     /// stuck in a blocking call.
@@ -215,6 +224,8 @@ pub(crate) struct WorkerCounters {
     pub(crate) completed: AtomicU64,
     pub(crate) panicked: AtomicU64,
     pub(crate) replaced: AtomicU64,
+    /// Failed starts in a row (reset when a thread starts).
+    pub(crate) start_failures: AtomicU32,
     // Nanoseconds since `epoch` at which the current poll began, plus one;
     // 0 while the worker is not polling.
     busy_since: AtomicU64,
@@ -225,9 +236,22 @@ impl WorkerCounters {
     pub(crate) fn is_polling(&self) -> bool {
         self.busy_since.load(Relaxed) != 0
     }
+
+    /// A thread started in this slot: its failed starts are behind it.
+    pub(crate) fn started(&self) {
+        self.start_failures.store(0, Relaxed);
+    }
 }
 
 impl Counters {
+    /// How many worker threads run now.
+    pub(crate) fn running(&self) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.alive.load(Relaxed))
+            .count()
+    }
+
     /// How long worker `index` has been inside its current poll.
     pub(crate) fn polling_for(&self, index: usize) -> Option<Duration> {
         let since = self.workers[index].busy_since.load(Relaxed);
@@ -293,6 +317,7 @@ impl Counters {
                 completed: w.completed.load(Relaxed),
                 panicked: w.panicked.load(Relaxed),
                 replaced: w.replaced.load(Relaxed),
+                start_failures: w.start_failures.load(Relaxed),
                 current_poll: self.polling_for(index),
             })
             .collect();

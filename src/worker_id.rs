@@ -47,7 +47,8 @@ impl WorkerId {
         self.pool == pool && self.index == index
     }
 
-    /// The worker's index in its pool, from 0 to `workers - 1`.
+    /// The worker's index in its pool: `0..workers` for the core workers,
+    /// then up to `max_workers - 1` for spares.
     pub fn index(&self) -> usize {
         self.index
     }

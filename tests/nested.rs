@@ -85,6 +85,7 @@ fn keyed(key: &str) -> Request<()> {
 async fn a_nested_call_keyed_to_the_calling_worker_gets_500() {
     let layer = ThreadAffinityLayer::builder()
         .workers(2)
+        .max_workers(2)
         .affinity_header(KEY)
         .build();
     let mut echo = layer.layer(service_fn(echo_worker));
@@ -144,6 +145,7 @@ async fn a_nested_call_keyed_to_the_calling_worker_gets_500() {
 async fn any_nested_call_in_a_single_worker_pool_gets_500() {
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
+        .max_workers(1)
         .affinity_header(KEY)
         .build();
     let echo = layer.layer(service_fn(echo_worker));
@@ -171,6 +173,7 @@ async fn any_nested_call_in_a_single_worker_pool_gets_500() {
 async fn a_refused_nested_call_gives_back_its_place_in_the_queue() {
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
+        .max_workers(1)
         .queue_capacity(1)
         .build();
     let echo = layer.layer(service_fn(echo_worker));
@@ -200,6 +203,7 @@ async fn a_refused_nested_call_gives_back_its_place_in_the_queue() {
 async fn a_nested_call_waiting_for_a_place_only_its_worker_can_free_gets_500() {
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
+        .max_workers(1)
         .queue_capacity(1)
         .build();
     let echo = layer.layer(service_fn(echo_worker));

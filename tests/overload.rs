@@ -181,6 +181,7 @@ async fn assert_served(response: Response<ThreadAffinityBody>, path: &str) {
 async fn poll_ready_waits_for_a_place_and_a_dropped_reservation_frees_it() {
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
+        .max_workers(1)
         .max_streams_per_worker(1)
         .queue_capacity(2)
         .build();
@@ -232,6 +233,7 @@ async fn poll_ready_waits_for_a_place_and_a_dropped_reservation_frees_it() {
 async fn queue_capacity_counts_waiting_requests_not_one_blocking_in_its_handler() {
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
+        .max_workers(1)
         .max_streams_per_worker(1)
         .queue_capacity(2)
         .build();
@@ -270,6 +272,7 @@ async fn queue_capacity_counts_waiting_requests_not_one_blocking_in_its_handler(
 async fn reject_policy_queue_capacity_counts_waiting_requests_not_one_blocking_in_its_handler() {
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
+        .max_workers(1)
         .max_streams_per_worker(1)
         .queue_capacity(2)
         .overload(Overload::Reject)
@@ -300,6 +303,7 @@ async fn reject_policy_queue_capacity_counts_waiting_requests_not_one_blocking_i
 async fn reject_policy_is_always_ready_and_answers_503_with_retry_after() {
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
+        .max_workers(1)
         .max_streams_per_worker(1)
         .queue_capacity(2)
         .overload(Overload::Reject)
@@ -344,6 +348,7 @@ async fn reject_policy_is_always_ready_and_answers_503_with_retry_after() {
 async fn load_shed_sheds_while_the_queue_is_full() {
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
+        .max_workers(1)
         .max_streams_per_worker(1)
         .queue_capacity(1)
         .build();
@@ -386,6 +391,7 @@ async fn load_shed_sheds_while_the_queue_is_full() {
 async fn concurrency_limited_callers_wait_instead_of_being_rejected() {
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
+        .max_workers(1)
         .max_streams_per_worker(1)
         .queue_capacity(1)
         .build();
@@ -430,6 +436,7 @@ async fn a_request_queued_past_the_queue_timeout_gets_503_without_running() {
     let timeout = Duration::from_millis(250);
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
+        .max_workers(1)
         .max_streams_per_worker(1)
         .queue_timeout(timeout)
         .build();
@@ -467,6 +474,7 @@ async fn a_flood_is_answered_in_full_each_request_exactly_once() {
     const STREAMS: usize = 4;
     let layer = ThreadAffinityLayer::builder()
         .workers(2)
+        .max_workers(2)
         .max_streams_per_worker(STREAMS)
         .queue_capacity(CAPACITY)
         .overload(Overload::Reject)

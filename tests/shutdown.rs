@@ -45,6 +45,7 @@ async fn worker_threads_end_when_the_last_handle_is_dropped() {
     let barrier = Arc::new(Barrier::new(2));
     let layer = ThreadAffinityLayer::builder()
         .workers(2)
+        .max_workers(2)
         .thread_name("exits")
         .build();
     let svc = layer.layer(service_fn(move |_: Request<()>| {
@@ -95,6 +96,7 @@ async fn queued_requests_get_503_when_the_last_handle_is_dropped() {
     let held = Arc::new(Mutex::new(held));
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
+        .max_workers(1)
         .max_streams_per_worker(1)
         .build();
     let mut svc = layer.layer(service_fn(move |req: Request<()>| {
@@ -135,6 +137,7 @@ async fn a_running_stream_finishes_after_the_last_handle_is_dropped() {
     const FRAMES: usize = 100;
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
+        .max_workers(1)
         .body_buffer(2)
         .merge_frames(0)
         .build();

@@ -161,6 +161,8 @@ async fn never_above_max_workers() {
     let stats = layer.stats();
     assert_eq!(stats.threads(), 2, "{stats:?}");
     assert_eq!(stats.spares_started(), 1);
+    // Both wait at the gate, off the CPU: the signal shows in the stats.
+    assert!(stats.workers().iter().all(|w| w.blocked()), "{stats:?}");
     gate.open();
     let names: HashSet<_> = answers(tasks).await.into_iter().collect();
     assert_eq!(names.len(), 2);
@@ -187,6 +189,8 @@ async fn cpu_bound_handlers_do_not_grow_the_pool() {
     let tasks = send_all(&svc, 3);
     within("a handler running", entries.recv()).await;
     until(&layer, "three looks", |s| s.stalls() >= 3).await;
+    // Inside a long poll, but on the CPU: not blocked.
+    assert!(!layer.stats().workers()[0].blocked());
     stop.store(true, SeqCst);
     answers(tasks).await;
     let stats = layer.stats();

@@ -172,6 +172,7 @@ async fn totals_count_admitted_rejected_and_timed_out_requests() {
     let timeout = Duration::from_millis(250);
     let layer = ThreadAffinityLayer::builder()
         .workers(1)
+        .max_workers(1)
         .max_streams_per_worker(1)
         .queue_capacity(1)
         .overload(Overload::Reject)
@@ -342,6 +343,7 @@ async fn current_poll_grows_while_a_worker_is_blocked_and_is_none_when_idle() {
 async fn queued_counts_the_shared_queue_and_each_workers_own_queue() {
     let layer = ThreadAffinityLayer::builder()
         .workers(2)
+        .max_workers(2)
         .max_streams_per_worker(1)
         .affinity_header(KEY)
         .build();

@@ -23,8 +23,12 @@
 //! A woken worker is not always free: it may have registered, then, in the
 //! same turn of its runtime, run a local task that blocks in a handler. So
 //! an unkeyed job prefers a waiting worker that is not inside a poll of
-//! user code, and a worker that takes a job and sees more left in the
-//! shared queue wakes another waiting worker for it (the baton).
+//! user code, and a worker that takes a job while unkeyed work still waits
+//! wakes another waiting worker for it (the baton): it may have been woken
+//! for that unkeyed job and taken a keyed one first, and it may block in
+//! the job it took. (Passing the baton only after a keyed job measured no
+//! better within this machine's noise, and a fixed pool of 64 stalled in
+//! some runs without it.)
 
 use std::sync::atomic::Ordering::SeqCst;
 use std::task::Waker;
@@ -45,11 +49,13 @@ use std::sync::{
 /// The worker's view of its queues, as [`Idle::take`] needs it.
 pub(crate) trait Source {
     type Job;
-    /// The next job for this worker, if any.
-    fn try_take(&self) -> Option<Self::Job>;
+    /// The next job in the worker's own queue (keyed), if any.
+    fn take_own(&self) -> Option<Self::Job>;
+    /// The next job in the shared queue, if any.
+    fn take_shared(&self) -> Option<Self::Job>;
     /// Whether no job will ever come: the queues closed and drained.
     fn finished(&self) -> bool;
-    /// Whether unkeyed work is still waiting, after this worker took a job.
+    /// Whether unkeyed work is waiting.
     fn more_shared(&self) -> bool;
 }
 
@@ -141,11 +147,23 @@ impl Idle {
     ) -> Taken<Q::Job> {
         let mut registered_now = false;
         loop {
-            if let Some(job) = queues.try_take() {
+            // Own queue first: keyed requests keep their order.
+            if let Some(job) = queues.take_own() {
                 self.leave(index);
                 if queues.more_shared() {
-                    // This worker may block in the job it just took: the
-                    // work it leaves behind needs another worker.
+                    // This worker may have been woken for an unkeyed job,
+                    // and may block in the keyed one it takes instead: the
+                    // unkeyed work needs another worker.
+                    self.wake_any(busy);
+                }
+                return Taken::Job(job);
+            }
+            if let Some(job) = queues.take_shared() {
+                self.leave(index);
+                if queues.more_shared() {
+                    // The same: this worker may block in its job, and a
+                    // job's wake may have gone to a worker that took
+                    // another; whatever is left must not wait for it.
                     self.wake_any(busy);
                 }
                 return Taken::Job(job);

@@ -5,6 +5,7 @@
 //! `Idle` alone must make the properties hold.
 
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+// Queues and flags are plain `Arc`s: loom tracks the atomics inside.
 use std::sync::Arc;
 use std::task::{Wake, Waker};
 
@@ -46,14 +47,41 @@ impl Queue {
     }
 }
 
-impl Source for Queue {
-    type Job = ();
+/// A worker's queues: its own, and the shared one.
+#[derive(Clone, Default)]
+struct Queues {
+    own: Arc<Queue>,
+    shared: Arc<Queue>,
+}
 
-    fn try_take(&self) -> Option<()> {
+impl Queues {
+    /// A worker's queues, with `shared` as the shared one.
+    fn on(shared: &Arc<Queue>) -> Self {
+        Self {
+            own: Arc::default(),
+            shared: shared.clone(),
+        }
+    }
+}
+
+impl Queue {
+    fn take(&self) -> Option<()> {
         self.0
             .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
             .ok()
             .map(drop)
+    }
+}
+
+impl Source for Queues {
+    type Job = ();
+
+    fn take_own(&self) -> Option<()> {
+        self.own.take()
+    }
+
+    fn take_shared(&self) -> Option<()> {
+        self.shared.take()
     }
 
     fn finished(&self) -> bool {
@@ -61,7 +89,7 @@ impl Source for Queue {
     }
 
     fn more_shared(&self) -> bool {
-        self.len() > 0
+        self.shared.len() > 0
     }
 }
 
@@ -81,15 +109,15 @@ fn pool(n: usize) -> (Arc<Idle>, Vec<Arc<Flag>>) {
 fn loom_a_queued_job_is_seen_or_wakes_the_worker() {
     loom::model(|| {
         let (idle, flags) = pool(2);
-        let queue = Arc::new(Queue::default());
+        let queues = Queues::default();
         let submitter = {
-            let (idle, queue) = (idle.clone(), queue.clone());
+            let (idle, shared) = (idle.clone(), queues.shared.clone());
             thread::spawn(move || {
-                queue.push();
+                shared.push();
                 idle.wake_any(|_| false);
             })
         };
-        let taken = idle.take(0, &*queue, |_| false);
+        let taken = idle.take(0, &queues, |_| false);
         submitter.join().unwrap();
         assert!(
             taken == Taken::Job(()) || flags[0].woken(),
@@ -104,42 +132,71 @@ fn loom_a_queued_job_is_seen_or_wakes_the_worker() {
 fn loom_a_keyed_job_wakes_its_worker() {
     loom::model(|| {
         let (idle, flags) = pool(2);
-        let own = Arc::new(Queue::default());
-        let shared = Queue::default();
-        // Worker 0 waits on the shared queue.
-        assert_eq!(idle.take(0, &shared, |_| false), Taken::Waiting);
+        let shared = Arc::new(Queue::default());
+        let (q0, q1) = (Queues::on(&shared), Queues::on(&shared));
+        // Worker 0 waits too.
+        assert_eq!(idle.take(0, &q0, |_| false), Taken::Waiting);
         let submitter = {
-            let (idle, own) = (idle.clone(), own.clone());
+            let (idle, own) = (idle.clone(), q1.own.clone());
             thread::spawn(move || {
                 own.push();
                 idle.wake(1);
             })
         };
-        let taken = idle.take(1, &*own, |_| false);
+        let taken = idle.take(1, &q1, |_| false);
         submitter.join().unwrap();
         assert!(taken == Taken::Job(()) || flags[1].woken(), "missed");
         assert!(!flags[0].woken(), "woke the wrong worker");
     });
 }
 
-/// Two jobs in the shared queue and one wake that went elsewhere: the
-/// worker that takes one job leaves the other to a waiting worker, which
-/// is woken (the baton) or takes it itself.
+/// Issue 12's hazard: an unkeyed job's wake goes to worker 0, a keyed job
+/// for worker 0 arrives before it runs, and worker 0 takes the keyed one
+/// first (and may block in it). The unkeyed job is then taken by worker 1,
+/// or worker 1 is woken for it: it never waits behind the busy worker.
+#[test]
+fn loom_a_keyed_job_taken_first_passes_the_unkeyed_one_on() {
+    loom::model(|| {
+        let (idle, flags) = pool(2);
+        let shared = Arc::new(Queue::default());
+        let (q0, q1) = (Queues::on(&shared), Queues::on(&shared));
+        assert_eq!(idle.take(0, &q0, |_| false), Taken::Waiting);
+        let second = {
+            let idle = idle.clone();
+            thread::spawn(move || idle.take(1, &q1, |_| false))
+        };
+        shared.push();
+        idle.wake_any(|_| false);
+        q0.own.push();
+        idle.wake(0);
+        assert_eq!(idle.take(0, &q0, |_| false), Taken::Job(()));
+        let taken = second.join().unwrap();
+        assert!(
+            shared.len() == 0 || taken == Taken::Job(()) || flags[1].woken(),
+            "the unkeyed job waits while worker 1 sleeps"
+        );
+    });
+}
+
+/// Two jobs in the shared queue and a wake that went elsewhere: the worker
+/// that takes one leaves the other to a waiting worker, which is woken or
+/// takes it itself.
 #[test]
 fn loom_work_left_behind_wakes_another_worker() {
     loom::model(|| {
         let (idle, flags) = pool(2);
-        let queue = Arc::new(Queue::default());
+        let shared = Arc::new(Queue::default());
+        let (q0, q1) = (Queues::on(&shared), Queues::on(&shared));
         let second = {
-            let (idle, queue) = (idle.clone(), queue.clone());
-            thread::spawn(move || idle.take(1, &*queue, |_| false))
+            let idle = idle.clone();
+            thread::spawn(move || idle.take(1, &q1, |_| false))
         };
-        queue.push();
-        queue.push();
-        assert_eq!(idle.take(0, &*queue, |_| false), Taken::Job(()));
+        shared.push();
+        shared.push();
+        assert_eq!(idle.take(0, &q0, |_| false), Taken::Job(()));
         let taken = second.join().unwrap();
         assert!(
-            queue.len() == 0 || taken == Taken::Job(()) || flags[1].woken(),
+            shared.len() == 0 || taken == Taken::Job(()) || flags[1].woken(),
             "a job waits while worker 1 sleeps"
         );
     });
@@ -151,23 +208,24 @@ fn loom_work_left_behind_wakes_another_worker() {
 fn loom_a_worker_that_found_work_is_not_woken_again() {
     loom::model(|| {
         let (idle, flags) = pool(2);
-        let queue = Arc::new(Queue::default());
+        let shared = Arc::new(Queue::default());
+        let (q0, q1) = (Queues::on(&shared), Queues::on(&shared));
         let submitter = {
-            let (idle, queue) = (idle.clone(), queue.clone());
+            let (idle, shared) = (idle.clone(), shared.clone());
             thread::spawn(move || {
-                queue.push();
+                shared.push();
                 idle.wake_any(|_| false);
             })
         };
-        let first = idle.take(0, &*queue, |_| false);
+        let first = idle.take(0, &q0, |_| false);
         submitter.join().unwrap();
         if first == Taken::Waiting {
             // Woken: its next poll takes the job.
-            assert_eq!(idle.take(0, &*queue, |_| false), Taken::Job(()));
+            assert_eq!(idle.take(0, &q0, |_| false), Taken::Job(()));
         }
         // Worker 0 is busy; worker 1 waits; a second job comes.
-        assert_eq!(idle.take(1, &*queue, |_| false), Taken::Waiting);
-        queue.push();
+        assert_eq!(idle.take(1, &q1, |_| false), Taken::Waiting);
+        shared.push();
         idle.wake_any(|_| false);
         assert!(flags[1].woken(), "the second job woke the busy worker");
     });

@@ -28,13 +28,17 @@
 //! the job off its queue. Keyed jobs let theirs go: their worker's own
 //! queue bounds them.
 
+mod config;
+mod exit;
 mod idle;
 mod lifecycle;
 mod load;
 pub(crate) mod probe;
 mod pump;
+mod queues;
 mod ready;
 mod spare;
+mod state;
 mod task;
 mod unwind;
 mod worker;
@@ -47,7 +51,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_channel::{Sender, TrySendError};
-use http::request::Parts;
 use http::Request;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -63,53 +66,8 @@ use crate::error::Failure;
 use crate::stats::{Counters, Stats};
 use crate::trace;
 use crate::ShutdownReport;
-use crate::{Overload, WorkerId};
 
-/// Maps a request's head to a key hash, with the pool's seed.
-pub(crate) type KeyFn = Arc<dyn Fn(&Parts, &RandomState) -> Option<u64> + Send + Sync>;
-
-/// A hook run on each worker thread.
-pub(crate) type Hook = Arc<dyn Fn(&WorkerId) + Send + Sync>;
-
-/// The settings a pool is built with (see [`Builder`](crate::Builder)).
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) workers: usize,
-    /// At least `workers` (the builder makes sure).
-    pub(crate) max_workers: usize,
-    pub(crate) keep_alive: Duration,
-    /// Test seam: thread spawns past this many fail.
-    pub(crate) spawn_limit: Option<usize>,
-    pub(crate) queue_capacity: usize,
-    pub(crate) max_streams_per_worker: usize,
-    pub(crate) body_buffer: usize,
-    pub(crate) merge_frames: usize,
-    pub(crate) thread_name: String,
-    pub(crate) overload: Overload,
-    pub(crate) queue_timeout: Option<Duration>,
-    pub(crate) response_deadline: Option<Duration>,
-    pub(crate) affinity_key: Option<KeyFn>,
-    pub(crate) on_thread_start: Option<Hook>,
-    pub(crate) on_thread_stop: Option<Hook>,
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("workers", &self.workers)
-            .field("max_workers", &self.max_workers)
-            .field("keep_alive", &self.keep_alive)
-            .field("queue_capacity", &self.queue_capacity)
-            .field("max_streams_per_worker", &self.max_streams_per_worker)
-            .field("body_buffer", &self.body_buffer)
-            .field("thread_name", &self.thread_name)
-            .field("overload", &self.overload)
-            .field("queue_timeout", &self.queue_timeout)
-            .field("response_deadline", &self.response_deadline)
-            .field("affinity_key", &self.affinity_key.is_some())
-            .finish_non_exhaustive()
-    }
-}
+pub(crate) use self::config::Config;
 
 /// One request on its way to a worker, with its types erased so that one
 /// queue carries requests for every service the layer wraps.
@@ -152,6 +110,14 @@ pub(crate) struct Core {
     pub(crate) retired: AtomicU64,
     /// Thread spawns left before the test seam refuses them.
     spawns_left: AtomicUsize,
+    /// Runtime builds left before the test seam fails them.
+    runtimes_left: AtomicUsize,
+}
+
+/// Takes one from `left`; `false` at zero.
+fn take_one(left: &AtomicUsize) -> bool {
+    left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
 }
 
 impl Core {
@@ -165,9 +131,19 @@ impl Core {
 
     /// Whether the test seam lets one more thread start.
     fn may_spawn(&self) -> bool {
-        self.spawns_left
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok()
+        take_one(&self.spawns_left)
+    }
+
+    /// A worker's runtime (or the test seam's refusal).
+    fn build_runtime(&self) -> io::Result<tokio::runtime::Runtime> {
+        if !take_one(&self.runtimes_left) {
+            return Err(io::Error::other(
+                "tower-affinity: runtime refused (test seam)",
+            ));
+        }
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     }
 }
 
@@ -208,6 +184,7 @@ impl Pool {
             id: POOLS.fetch_add(1, Ordering::Relaxed),
             retired: AtomicU64::new(0),
             spawns_left: AtomicUsize::new(config.spawn_limit.unwrap_or(usize::MAX)),
+            runtimes_left: AtomicUsize::new(config.runtime_limit.unwrap_or(usize::MAX)),
             config,
         });
         // A worker's own queue only ever holds keyed requests: without a key
@@ -279,9 +256,21 @@ impl Pool {
             return (request, None);
         };
         let (parts, body) = request.into_parts();
-        let worker =
-            key(&parts, &self.inner.seed).map(|hash| (hash % self.inner.own.len() as u64) as usize);
+        let worker = key(&parts, &self.inner.seed).map(|hash| self.live(hash));
         (Request::from_parts(parts, body), worker)
+    }
+
+    /// The core worker for a key's hash: its own, or, if that worker was
+    /// given up (its thread could not be restarted), the next live one.
+    /// Its keys lose their per-thread state there; no key moves otherwise.
+    fn live(&self, hash: u64) -> usize {
+        let workers = self.inner.own.len();
+        let home = (hash % workers as u64) as usize;
+        let counters = &self.inner.core.counters;
+        (0..workers)
+            .map(|step| (home + step) % workers)
+            .find(|&index| counters.worker(index).alive.load(Ordering::Relaxed))
+            .unwrap_or(home)
     }
 
     /// Queues a job for `worker`, or for whichever worker has room.
@@ -380,13 +369,10 @@ impl Pool {
         // A worker stuck in a handler cannot answer its queue: answer here.
         // Each job leaves a queue once, so this and the workers never both
         // answer one.
+        let counters = &self.inner.core.counters;
         for queues in &self.inner.queues {
-            while let Some(envelope) = queues.try_take() {
-                self.inner
-                    .core
-                    .counters
-                    .rejected
-                    .fetch_add(1, Ordering::Relaxed);
+            while let Some(envelope) = queues.take_own().or_else(|| queues.take_shared()) {
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
                 envelope.job.reject(Failure::ShutDown);
             }
         }
@@ -394,7 +380,6 @@ impl Pool {
         // moment; the stuck ones end on their own when their handlers
         // return, dropping what they hold on their own thread.
         let _ = tokio::time::timeout(ABORT_GRACE, lifecycle.all_exited()).await;
-        let counters = &self.inner.core.counters;
         // Spares included: a stuck spare holds its thread as a core worker does.
         let stuck: Vec<usize> = (0..self.inner.core.config.max_workers)
             .filter(|&index| {

@@ -1,20 +1,19 @@
 //! Spare workers: when to start one, when one retires, and the supervisor
 //! thread that decides.
 //!
-//! The pool always runs `workers` core threads. A spare starts when unkeyed
-//! work waits and every running worker is blocked in user code (see
-//! `probe`: inside one poll for over a millisecond and off the CPU), up to
-//! `max_workers` threads. A CPU-bound handler is on the CPU, a quick one is
-//! not inside a long poll: neither grows the pool.
+//! The pool always runs `workers` core threads. While unkeyed work waits
+//! and no worker is free, a spare starts for each worker blocked in user
+//! code (see `probe`: inside one poll for over a millisecond and off the
+//! CPU), up to the jobs waiting and `max_workers` threads. A CPU-bound
+//! handler is on the CPU, a quick one is not inside a long poll: neither
+//! grows the pool.
 //!
 //! The supervisor costs nothing while the pool keeps up: it parks on a
 //! condition variable until a submitter finds no worker waiting for work
 //! (one atomic load on that path while the supervisor is already awake).
 //! Awake, it looks every millisecond while work waits, backing off to
 //! [`MAX_INTERVAL`] while the workers are busy without being blocked, and
-//! parks again once the shared queue is empty. Each look that finds every
-//! worker blocked starts up to as many spares as there are threads (so the
-//! pool at most doubles per look) and no more than there are jobs waiting.
+//! parks again once the shared queue is empty.
 //!
 //! A spare serves the shared queue only, and retires after `keep_alive`
 //! with nothing to serve; spares retire one at a time, at most one per
@@ -223,7 +222,16 @@ fn supervisor(core: &Arc<Core>, shared: &Receiver<Envelope>) {
     }
 }
 
-/// Starts spares if every running worker is blocked; how many it started.
+/// Starts a spare for each blocked worker, as many as jobs wait and room
+/// allows, when no worker is free; how many it started.
+///
+/// Why not "only when every worker is blocked": with many threads and
+/// handlers that block for a few milliseconds at a time, some worker is
+/// always between two jobs, and the pool would never grow past a handful
+/// of threads. A blocked worker is a thread that holds no CPU: starting one
+/// spare for it (as .NET's pool compensates for a thread known to block)
+/// keeps the threads that can run equal to what the pool had. A worker that
+/// computes is not blocked, so CPU-bound handlers never grow the pool.
 fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>) -> usize {
     let (spares, counters) = (&core.spares, &core.counters);
     if core.idle.anyone_waiting() {
@@ -232,20 +240,26 @@ fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>) -> usize {
     let running: Vec<usize> = (0..core.config.max_workers)
         .filter(|&index| counters.worker(index).alive.load(SeqCst))
         .collect();
-    // Atomics first; the probe reads `/proc`, only once every worker is
-    // inside a long poll.
-    let long_poll = |&index: &usize| counters.polling_for(index) >= Some(BLOCKED_AFTER);
-    if !running.iter().all(long_poll) {
+    // Atomics first; the probe reads `/proc`, only for workers inside a
+    // long poll, and only while there is room.
+    let long: Vec<usize> = running
+        .iter()
+        .copied()
+        .filter(|&index| counters.polling_for(index) >= Some(BLOCKED_AFTER))
+        .collect();
+    if long.is_empty() {
         return 0;
     }
     spares.stalls.fetch_add(1, Relaxed);
     let room = spares.ceiling.load(SeqCst).saturating_sub(running.len());
-    if room == 0 || !running.iter().all(|&index| counters.blocked(index)) {
-        return 0;
-    }
-    let wanted = shared.len().min(room).min(running.len().max(1));
+    let wanted = shared.len().min(room);
+    let blocked = long
+        .iter()
+        .filter(|&&index| counters.blocked(index))
+        .take(wanted)
+        .count();
     let mut started = 0;
-    while started < wanted && start(core, shared, running.len() + started) {
+    while started < blocked && start(core, shared, running.len() + started) {
         started += 1;
     }
     started

@@ -13,74 +13,29 @@
 //! times before parking cost the threads that had work more than the
 //! wake-ups it saved, and more so the more workers there were.
 
-use std::any::Any;
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::{poll_fn, Future};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::{pin, Pin};
-use std::rc::Rc;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::{io, thread};
 
-use async_channel::Receiver;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
+use super::exit::{End, Exit};
 use super::idle::{Source, Taken};
-use super::load::Load;
-// Re-exported for `task.rs`, which imports it from here.
+// Re-exported for `task.rs`, which imports them from here.
 pub(crate) use super::load::Active;
+pub(crate) use super::queues::Queues;
+pub(crate) use super::state::WorkerState;
 use super::unwind::guard;
 use super::{probe, Core, Envelope};
 use crate::error::Failure;
-use crate::WorkerId;
+use crate::{trace, WorkerId};
 
 /// The task serving one request, local to its worker.
 pub(crate) type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
-
-/// The receiving ends a worker takes jobs from.
-#[derive(Clone)]
-pub(crate) struct Queues {
-    /// A core worker's own queue, for keyed jobs; spares have none.
-    own: Option<Receiver<Envelope>>,
-    shared: Receiver<Envelope>,
-}
-
-impl Queues {
-    pub(super) fn core(own: Receiver<Envelope>, shared: Receiver<Envelope>) -> Self {
-        Self {
-            own: Some(own),
-            shared,
-        }
-    }
-
-    pub(super) fn spare(shared: Receiver<Envelope>) -> Self {
-        Self { own: None, shared }
-    }
-}
-
-impl Source for Queues {
-    type Job = Envelope;
-
-    /// From the worker's own queue first: keyed requests keep their order.
-    fn try_take(&self) -> Option<Envelope> {
-        let own = self.own.as_ref().and_then(|own| own.try_recv().ok());
-        own.or_else(|| self.shared.try_recv().ok())
-    }
-
-    fn finished(&self) -> bool {
-        let own_done = self
-            .own
-            .as_ref()
-            .is_none_or(|own| own.is_closed() && own.is_empty());
-        own_done && self.shared.is_closed() && self.shared.is_empty()
-    }
-
-    fn more_shared(&self) -> bool {
-        !self.shared.is_empty()
-    }
-}
 
 /// Starts worker `index` on a new thread.
 pub(super) fn spawn(index: usize, queues: Queues, core: Arc<Core>) -> io::Result<()> {
@@ -94,58 +49,17 @@ pub(super) fn spawn(index: usize, queues: Queues, core: Arc<Core>) -> io::Result
     thread::Builder::new()
         .name(name)
         .spawn(move || {
-            let mut exit = Exit {
-                index,
-                queues: queues.clone(),
-                core: core.clone(),
-                retired: false,
-            };
-            exit.retired = run(id, &queues, &core);
+            // Decides, as the thread ends however it ends, what comes next.
+            let mut exit = Exit::new(index, queues.clone(), core.clone());
+            exit.end = run(id, &queues, &core);
             drop(exit);
         })
         .map(drop)
 }
 
-/// Runs when a worker thread ends. After a panic that escaped the shields
-/// around user code (a panic in a panic payload's `Drop`, say) it starts a
-/// replacement for a core worker: requests the dead thread held fail when
-/// their reply channels drop, and its services are rebuilt lazily on the
-/// new thread. A spare is not replaced: its slot is freed.
-struct Exit {
-    index: usize,
-    queues: Queues,
-    core: Arc<Core>,
-    retired: bool,
-}
-
-impl Drop for Exit {
-    fn drop(&mut self) {
-        let core = &self.core;
-        core.idle.set_waker(self.index, None);
-        core.idle.leave(self.index);
-        let counters = core.counters.worker(self.index);
-        counters.tid.store(0, Relaxed);
-        if self.index >= core.config.workers {
-            counters.alive.store(false, SeqCst);
-            core.spares.exited(self.index, self.retired);
-            core.lifecycle.exited();
-            return;
-        }
-        let work_left = !self.queues.finished();
-        if thread::panicking() && work_left {
-            counters.replaced.fetch_add(1, Relaxed);
-            if spawn(self.index, self.queues.clone(), core.clone()).is_ok() {
-                return;
-            }
-        }
-        counters.alive.store(false, SeqCst);
-        core.lifecycle.exited();
-    }
-}
-
-/// Runs the worker until its queues close (or, for a spare, until it
-/// retires: then `true`).
-fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> bool {
+/// Runs the worker until its queues close, it retires (a spare), or a
+/// panic escapes the shields around user code.
+fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> End {
     id.enter();
     let index = id.index();
     core.counters
@@ -155,45 +69,72 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> bool {
     if let Some(hook) = &core.config.on_thread_start {
         let _ = guard(|| hook(&id));
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tower-affinity: failed to build a worker runtime");
+    let runtime = match core.build_runtime() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            stop_hook(core, &id);
+            return End::FailedStart(error);
+        }
+    };
+    core.counters.worker(index).started();
     let local = tokio::task::LocalSet::new();
     let state = WorkerState::new(id, core.clone());
-    let retired = local.block_on(&runtime, async {
-        let mut serving = pin!(serve(queues, &state));
-        let mut waker: Option<Waker> = None;
-        poll_fn(|cx| {
-            // The idle list and an abort wake this loop through the waker
-            // stored in its slot; it only changes if the runtime's does.
-            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                waker = Some(cx.waker().clone());
-                core.idle.set_waker(index, waker.as_ref());
-            }
-            if core.lifecycle.is_aborting() {
-                return Poll::Ready(false);
-            }
-            serving.as_mut().poll(cx)
+    // A panic that escapes the shields (a panic payload whose `Drop`
+    // panics, say) must not unwind through the services and tasks: a
+    // second panic in one of their `Drop`s would abort the process.
+    let served = catch_unwind(AssertUnwindSafe(|| {
+        local.block_on(&runtime, async {
+            let mut serving = pin!(serve(queues, &state));
+            let mut waker: Option<Waker> = None;
+            poll_fn(|cx| {
+                // The idle list and an abort wake this loop through the
+                // waker stored in its slot; it only changes if the
+                // runtime's does.
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    waker = Some(cx.waker().clone());
+                    core.idle.set_waker(index, waker.as_ref());
+                }
+                if core.lifecycle.is_aborting() {
+                    return Poll::Ready(false);
+                }
+                serving.as_mut().poll(cx)
+            })
+            .await
         })
-        .await
-    });
+    }));
+    let end = match served {
+        Ok(true) => End::Retired,
+        Ok(false) => End::Finished,
+        Err(payload) => {
+            trace::warning!(worker = index, "a panic escaped; the thread ends");
+            core.counters.worker(index).panicked.fetch_add(1, Relaxed);
+            let _ = guard(move || drop(payload));
+            End::Died
+        }
+    };
     // Only after an abort can jobs be left in closed queues. (A spare that
-    // retires leaves the open queue to the others.)
-    if !retired {
-        while let Some(envelope) = queues.try_take() {
+    // retires, and a thread that dies, leave the open queues to the others
+    // and to the replacement.)
+    if matches!(end, End::Finished) {
+        while let Some(envelope) = queues.take_own().or_else(|| queues.take_shared()) {
             state.reject(envelope, Failure::ShutDown);
         }
     }
-    // Tasks still in the set (none after a clean drain) are dropped here, on
-    // this thread, before the services they may point to. Their bodies end
-    // with an error: their channels close without an end marker.
-    drop(local);
+    // One guarded cleanup, however the loop ended. Tasks still in the set
+    // (none after a clean drain) are dropped first, on this thread, before
+    // the services they may point to; their bodies end with an error, as
+    // their channels close without an end marker.
+    let _ = guard(move || drop(local));
     state.drop_services();
+    stop_hook(core, &state.id);
+    let _ = guard(move || drop(runtime));
+    end
+}
+
+fn stop_hook(core: &Core, id: &WorkerId) {
     if let Some(hook) = &core.config.on_thread_stop {
-        let _ = guard(|| hook(&state.id));
+        let _ = guard(|| hook(id));
     }
-    retired
 }
 
 /// How many jobs the event loop admits in a row before it yields, so that
@@ -215,15 +156,15 @@ enum Next {
 async fn serve(queues: &Queues, state: &WorkerState) -> bool {
     let max = state.core.config.max_streams_per_worker;
     let mut admitted = 0usize;
-    let mut idle_since: Option<Pin<Box<Sleep>>> = None;
+    let mut idle = IdleTimer::default();
     let retired = loop {
         state.load.below(max).await;
-        let envelope = match next_job(queues, state, &mut idle_since).await {
+        let envelope = match next_job(queues, state, &mut idle).await {
             Next::Job(envelope) => envelope,
             Next::Finished => break false,
             Next::Retire => break true,
         };
-        if queues.shared.is_closed() && !state.core.lifecycle.phase().serves_queued() {
+        if queues.shared().is_closed() && !state.core.lifecycle.phase().serves_queued() {
             // Every handle is gone: answer what is still queued, take no more.
             state.reject(envelope, Failure::ShutDown);
             continue;
@@ -240,13 +181,20 @@ async fn serve(queues: &Queues, state: &WorkerState) -> bool {
     retired
 }
 
+/// How long a spare has had nothing to serve, across polls of its loop.
+///
+/// One timer for the thread's life, not one per idle spell: a spare goes
+/// idle after every quick request. The timer may fire early (the spare was
+/// busy since it was set); it is then set again for the rest.
+#[derive(Default)]
+struct IdleTimer {
+    since: Option<Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
 /// The next job (see `Idle::take`), or the end. A spare with nothing to
-/// serve for its keep-alive retires; `idle_since` times that, across polls.
-async fn next_job(
-    queues: &Queues,
-    state: &WorkerState,
-    idle_since: &mut Option<Pin<Box<Sleep>>>,
-) -> Next {
+/// serve for its keep-alive retires.
+async fn next_job(queues: &Queues, state: &WorkerState, idle: &mut IdleTimer) -> Next {
     let core = &state.core;
     let index = state.id.index();
     let busy = |i: usize| core.counters.worker(i).is_polling();
@@ -259,7 +207,7 @@ async fn next_job(
             // Registered now; a service retired before that woke no one.
             state.sweep_retired();
         }
-        next(taken, cx, state, idle_since)
+        next(taken, cx, state, idle)
     })
     .await
 }
@@ -269,189 +217,52 @@ fn next(
     taken: Taken<Envelope>,
     cx: &mut Context<'_>,
     state: &WorkerState,
-    idle_since: &mut Option<Pin<Box<Sleep>>>,
+    idle: &mut IdleTimer,
 ) -> Poll<Next> {
     let core = &state.core;
     let index = state.id.index();
     match taken {
         Taken::Job(envelope) => {
-            *idle_since = None;
+            idle.since = None;
             Poll::Ready(Next::Job(envelope))
         }
         Taken::Finished => Poll::Ready(Next::Finished),
         Taken::Waiting if !state.spare || state.load.active() > 0 => {
-            *idle_since = None;
+            idle.since = None;
             Poll::Pending
         }
         Taken::Waiting => {
             let keep_alive = core.spares.keep_alive();
-            let timer = idle_since.get_or_insert_with(|| Box::pin(tokio::time::sleep(keep_alive)));
+            let since = *idle.since.get_or_insert_with(Instant::now);
+            let due = since + keep_alive;
+            let timer = idle
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            match core.spares.may_retire() {
+            let now = Instant::now();
+            let wait = if now < due {
+                // Set while this spare was busy: idle for less than that.
+                Err(due - now)
+            } else {
+                core.spares.may_retire()
+            };
+            match wait {
                 // Leave the idle list first: a submitter that claimed this
                 // spare meanwhile has a job for it.
                 Ok(()) if core.idle.leave(index) => Poll::Ready(Next::Retire),
                 Ok(()) => {
-                    *idle_since = None;
+                    idle.since = None;
                     cx.waker().wake_by_ref();
                     Poll::Pending
                 }
                 Err(wait) => {
-                    let deadline = tokio::time::Instant::now() + wait;
-                    timer.as_mut().reset(deadline);
+                    timer.as_mut().reset(now + wait);
                     let _ = timer.as_mut().poll(cx);
                     Poll::Pending
                 }
             }
         }
     }
-}
-
-/// What a worker thread owns: its service instances and its load.
-pub(crate) struct WorkerState {
-    id: WorkerId,
-    core: Arc<Core>,
-    /// Whether this is a spare (it serves the shared queue only).
-    spare: bool,
-    // One instance per wrapped service, created on first use on this thread,
-    // dropped here once the service's last handle is gone.
-    services: RefCell<HashMap<u64, Kept>>,
-    // The pool's count of retired services when this worker last swept.
-    swept: Cell<u64>,
-    load: Rc<Load>,
-}
-
-impl WorkerState {
-    fn new(id: WorkerId, core: Arc<Core>) -> Self {
-        let load = Load::new(core.clone(), id.index());
-        Self {
-            spare: id.index() >= core.config.workers,
-            id,
-            core,
-            services: RefCell::default(),
-            swept: Cell::new(0),
-            load,
-        }
-    }
-
-    pub(crate) fn core(&self) -> &Arc<Core> {
-        &self.core
-    }
-
-    pub(crate) fn id(&self) -> &WorkerId {
-        &self.id
-    }
-
-    /// This worker's instance of service `id`, made by `make` on first use;
-    /// kept until `handle`, the service's shared part, is gone.
-    pub(crate) fn instance<S: 'static>(
-        &self,
-        id: u64,
-        handle: Weak<dyn Any + Send + Sync>,
-        make: impl FnOnce() -> S,
-    ) -> Rc<RefCell<S>> {
-        if let Some(instance) = self.services.borrow().get(&id) {
-            return Rc::clone(&instance.service)
-                .downcast()
-                .expect("a service id names one service type");
-        }
-        let service = Rc::new(RefCell::new(make()));
-        let instance = Kept {
-            handle,
-            service: service.clone(),
-        };
-        self.services.borrow_mut().insert(id, instance);
-        service
-    }
-
-    /// Drops the instances of services whose every handle is gone, once per
-    /// retirement (see `Core::retired`). Requests still running keep their
-    /// instance alive until they end; it is dropped then, on this thread.
-    fn sweep_retired(&self) {
-        let retired = self.core.retired.load(Acquire);
-        if retired == self.swept.get() {
-            return;
-        }
-        self.swept.set(retired);
-        let gone: Vec<Kept> = {
-            let mut services = self.services.borrow_mut();
-            let ids: Vec<u64> = services
-                .iter()
-                .filter(|(_, instance)| instance.handle.strong_count() == 0)
-                .map(|(&id, _)| id)
-                .collect();
-            ids.iter().filter_map(|id| services.remove(id)).collect()
-        };
-        // Outside the borrow: a `Drop` may panic, or (in user code) reach
-        // back into this worker.
-        for instance in gone {
-            let _ = guard(move || drop(instance));
-        }
-    }
-
-    fn reject(&self, envelope: Envelope, failure: Failure) {
-        self.core.counters.rejected.fetch_add(1, Relaxed);
-        envelope.job.reject(failure);
-    }
-
-    /// Serves a job: polls its task once inline, spawns it only if it has
-    /// to wait.
-    fn run_job(&self, envelope: Envelope) {
-        let Envelope {
-            job,
-            enqueued,
-            _permit: permit,
-        } = envelope;
-        // The job has left the queue: free its place now, not after the
-        // inline poll below, which may block for as long as the handler runs.
-        drop(permit);
-        if !job.claim() {
-            // Withdrawn by its caller: answered already, or nobody waits.
-            return;
-        }
-        #[cfg(feature = "metrics")]
-        crate::metrics::queue_wait(&self.core.config.thread_name, self.id.index(), enqueued);
-        // Claimed: from here the caller cannot withdraw it, so a timeout
-        // seen here (a caller off any Tokio runtime keeps no timer) is
-        // counted once.
-        if let (Some(enqueued), Some(timeout)) = (enqueued, self.core.config.queue_timeout) {
-            if enqueued.elapsed() > timeout {
-                self.core.counters.timed_out.fetch_add(1, Relaxed);
-                return job.reject(Failure::TimedOut);
-            }
-        }
-        let active = self.load.enter();
-        let mut task = job.start(self, active);
-        let mut cx = Context::from_waker(Waker::noop());
-        // The inline poll uses a no-op waker: if the task is pending, the
-        // spawned task is polled again at once and registers its real waker.
-        let pending = {
-            let _polling = self.core.counters.polling(self.id.index());
-            task.as_mut().poll(&mut cx).is_pending()
-        };
-        if pending {
-            let core = self.core.clone();
-            let index = self.id.index();
-            tokio::task::spawn_local(poll_fn(move |cx| {
-                let _polling = core.counters.polling(index);
-                task.as_mut().poll(cx)
-            }));
-        }
-    }
-
-    /// Drops every service instance on this thread, one panic at a time.
-    fn drop_services(&self) {
-        for (_, instance) in self.services.take() {
-            let _ = guard(move || drop(instance));
-        }
-    }
-}
-
-/// One worker's instance of a wrapped service.
-struct Kept {
-    /// The service's shared part, alive while any handle or queued job is.
-    handle: Weak<dyn Any + Send + Sync>,
-    service: Rc<dyn Any>,
 }

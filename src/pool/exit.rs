@@ -1,0 +1,129 @@
+//! How a worker thread ends, and what follows it.
+//!
+//! A core worker whose thread dies (a panic escaped the shields around
+//! user code) is replaced at once: requests the dead thread held failed
+//! when their reply channels dropped, and its services are rebuilt lazily
+//! on the new thread. A thread that cannot even start (its runtime cannot
+//! be built: file descriptors exhausted, say) is retried with a doubling
+//! backoff; after [`MAX_START_FAILURES`] in a row the pool gives that
+//! worker up: its queued keyed requests get `503`, and its keys go to the
+//! next live core worker (see `Pool::route`). A spare is never replaced:
+//! its slot is freed.
+
+use std::io;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use super::idle::Source;
+use super::worker::{self, Queues};
+use super::Core;
+use crate::error::Failure;
+use crate::trace;
+
+/// Starts in a row that may fail before a worker is given up.
+pub(crate) const MAX_START_FAILURES: u32 = 5;
+
+/// The wait before the first retry of a failed start; it doubles each time.
+const BACKOFF: Duration = Duration::from_millis(10);
+
+/// How a worker thread's run ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// Its queues closed and drained (or shutdown aborted).
+    Finished,
+    /// A spare, idle past its keep-alive.
+    Retired,
+    /// A panic escaped the shields.
+    Died,
+    /// The thread could not build its runtime.
+    FailedStart(io::Error),
+}
+
+/// Runs when a worker thread ends, however it ends.
+pub(crate) struct Exit {
+    index: usize,
+    queues: Queues,
+    core: Arc<Core>,
+    /// Set by the thread when its run returns; a run that unwinds leaves
+    /// `Died`.
+    pub(crate) end: End,
+}
+
+impl Exit {
+    pub(crate) fn new(index: usize, queues: Queues, core: Arc<Core>) -> Self {
+        Self {
+            index,
+            queues,
+            core,
+            end: End::Died,
+        }
+    }
+
+    /// The thread is gone for good.
+    fn gone(&self) {
+        self.core
+            .counters
+            .worker(self.index)
+            .alive
+            .store(false, SeqCst);
+        self.core.lifecycle.exited();
+    }
+
+    /// No thread will serve this worker's own queue again: answer what it
+    /// holds, and go.
+    fn give_up(&self) {
+        trace::warning!(worker = self.index, "worker given up; its keys move");
+        if let Some(own) = self.queues.own() {
+            while let Ok(envelope) = own.try_recv() {
+                self.core.counters.rejected.fetch_add(1, Relaxed);
+                envelope.job.reject(Failure::ShutDown);
+            }
+        }
+        self.gone();
+    }
+}
+
+impl Drop for Exit {
+    fn drop(&mut self) {
+        let (core, index) = (&self.core, self.index);
+        core.idle.set_waker(index, None);
+        core.idle.leave(index);
+        let counters = core.counters.worker(index);
+        counters.tid.store(0, Relaxed);
+        let end = std::mem::replace(&mut self.end, End::Finished);
+        if index >= core.config.workers {
+            // Marked gone before the slot is freed: the next spare in this
+            // slot marks it alive again, and must not be overwritten.
+            self.gone();
+            core.spares.exited(index, matches!(end, End::Retired));
+            return;
+        }
+        let failures = match end {
+            End::Finished | End::Retired => return self.gone(),
+            // It had started: the next start is a fresh try.
+            End::Died => 0,
+            End::FailedStart(error) => {
+                trace::warning!(worker = index, %error, "a worker could not start");
+                let _ = error;
+                counters.start_failures.fetch_add(1, SeqCst) + 1
+            }
+        };
+        if self.queues.finished() {
+            return self.gone();
+        }
+        if failures >= MAX_START_FAILURES {
+            return self.give_up();
+        }
+        if failures > 0 {
+            thread::sleep(BACKOFF * 2u32.pow(failures - 1));
+        }
+        counters.replaced.fetch_add(1, Relaxed);
+        if let Err(error) = worker::spawn(index, self.queues.clone(), core.clone()) {
+            core.spares
+                .refused(core.counters.running().saturating_sub(1), &error);
+            self.give_up();
+        }
+    }
+}

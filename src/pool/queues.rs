@@ -1,0 +1,61 @@
+//! The queues a worker takes jobs from: its own (keyed jobs; core workers
+//! only) and the shared one.
+
+use async_channel::Receiver;
+
+use super::idle::Source;
+use super::Envelope;
+
+/// The receiving ends a worker takes jobs from.
+#[derive(Clone)]
+pub(crate) struct Queues {
+    /// A core worker's own queue, for keyed jobs; spares have none.
+    own: Option<Receiver<Envelope>>,
+    shared: Receiver<Envelope>,
+}
+
+impl Queues {
+    pub(super) fn core(own: Receiver<Envelope>, shared: Receiver<Envelope>) -> Self {
+        Self {
+            own: Some(own),
+            shared,
+        }
+    }
+
+    pub(super) fn spare(shared: Receiver<Envelope>) -> Self {
+        Self { own: None, shared }
+    }
+
+    pub(super) fn shared(&self) -> &Receiver<Envelope> {
+        &self.shared
+    }
+
+    /// A core worker's own queue.
+    pub(super) fn own(&self) -> Option<&Receiver<Envelope>> {
+        self.own.as_ref()
+    }
+}
+
+impl Source for Queues {
+    type Job = Envelope;
+
+    fn take_own(&self) -> Option<Envelope> {
+        self.own.as_ref().and_then(|own| own.try_recv().ok())
+    }
+
+    fn take_shared(&self) -> Option<Envelope> {
+        self.shared.try_recv().ok()
+    }
+
+    fn finished(&self) -> bool {
+        let own_done = self
+            .own
+            .as_ref()
+            .is_none_or(|own| own.is_closed() && own.is_empty());
+        own_done && self.shared.is_closed() && self.shared.is_empty()
+    }
+
+    fn more_shared(&self) -> bool {
+        !self.shared.is_empty()
+    }
+}

@@ -1,0 +1,188 @@
+//! What a worker thread owns: its service instances and its load; and how
+//! it serves one job.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
+
+use super::load::Load;
+use super::unwind::guard;
+use super::{Core, Envelope};
+use crate::error::Failure;
+use crate::{trace, WorkerId};
+
+/// Runs `f`; `None` if it panicked. The payload is leaked, not dropped:
+/// its `Drop` may panic again.
+fn contain<T>(f: impl FnOnce() -> T) -> Option<T> {
+    catch_unwind(AssertUnwindSafe(f))
+        .map_err(std::mem::forget)
+        .ok()
+}
+
+/// What a worker thread owns: its service instances and its load.
+pub(crate) struct WorkerState {
+    pub(super) id: WorkerId,
+    pub(super) core: Arc<Core>,
+    /// Whether this is a spare (it serves the shared queue only).
+    pub(super) spare: bool,
+    // One instance per wrapped service, created on first use on this thread,
+    // dropped here once the service's last handle is gone.
+    services: RefCell<HashMap<u64, Kept>>,
+    // The pool's count of retired services when this worker last swept.
+    swept: Cell<u64>,
+    pub(super) load: Rc<Load>,
+}
+
+impl WorkerState {
+    pub(super) fn new(id: WorkerId, core: Arc<Core>) -> Self {
+        let load = Load::new(core.clone(), id.index());
+        Self {
+            spare: id.index() >= core.config.workers,
+            id,
+            core,
+            services: RefCell::default(),
+            swept: Cell::new(0),
+            load,
+        }
+    }
+
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    pub(crate) fn id(&self) -> &WorkerId {
+        &self.id
+    }
+
+    /// This worker's instance of service `id`, made by `make` on first use;
+    /// kept until `handle`, the service's shared part, is gone.
+    pub(crate) fn instance<S: 'static>(
+        &self,
+        id: u64,
+        handle: Weak<dyn Any + Send + Sync>,
+        make: impl FnOnce() -> S,
+    ) -> Rc<RefCell<S>> {
+        if let Some(kept) = self.services.borrow().get(&id) {
+            return Rc::clone(&kept.service)
+                .downcast()
+                .expect("a service id names one service type");
+        }
+        let service = Rc::new(RefCell::new(make()));
+        let kept = Kept {
+            handle,
+            service: service.clone(),
+        };
+        self.services.borrow_mut().insert(id, kept);
+        service
+    }
+
+    /// Drops the instances of services whose every handle is gone, once per
+    /// retirement (see `Core::retired`). Requests still running keep their
+    /// instance alive until they end; it is dropped then, on this thread.
+    pub(super) fn sweep_retired(&self) {
+        let retired = self.core.retired.load(Acquire);
+        if retired == self.swept.get() {
+            return;
+        }
+        self.swept.set(retired);
+        let gone: Vec<Kept> = {
+            let mut services = self.services.borrow_mut();
+            let ids: Vec<u64> = services
+                .iter()
+                .filter(|(_, kept)| kept.handle.strong_count() == 0)
+                .map(|(&id, _)| id)
+                .collect();
+            ids.iter().filter_map(|id| services.remove(id)).collect()
+        };
+        // Outside the borrow: a `Drop` may panic, or (in user code) reach
+        // back into this worker.
+        for kept in gone {
+            let _ = guard(move || drop(kept));
+        }
+    }
+
+    pub(super) fn reject(&self, envelope: Envelope, failure: Failure) {
+        self.core.counters.rejected.fetch_add(1, Relaxed);
+        envelope.job.reject(failure);
+    }
+
+    /// Serves a job: polls its task once inline, spawns it only if it has
+    /// to wait.
+    pub(super) fn run_job(&self, envelope: Envelope) {
+        let Envelope {
+            job,
+            enqueued,
+            _permit: permit,
+        } = envelope;
+        // The job has left the queue: free its place now, not after the
+        // inline poll below, which may block for as long as the handler runs.
+        drop(permit);
+        if !job.claim() {
+            // Withdrawn by its caller: answered already, or nobody waits.
+            return;
+        }
+        #[cfg(feature = "metrics")]
+        crate::metrics::queue_wait(&self.core.config.thread_name, self.id.index(), enqueued);
+        // Claimed: from here the caller cannot withdraw it, so a timeout
+        // seen here (a caller off any Tokio runtime keeps no timer) is
+        // counted once.
+        if let (Some(enqueued), Some(timeout)) = (enqueued, self.core.config.queue_timeout) {
+            if enqueued.elapsed() > timeout {
+                self.core.counters.timed_out.fetch_add(1, Relaxed);
+                return job.reject(Failure::TimedOut);
+            }
+        }
+        let active = self.load.enter();
+        let mut task = job.start(self, active);
+        let mut cx = Context::from_waker(Waker::noop());
+        // The inline poll uses a no-op waker: if the task is pending, the
+        // spawned task is polled again at once and registers its real waker.
+        let pending = {
+            let _polling = self.core.counters.polling(self.id.index());
+            task.as_mut().poll(&mut cx).is_pending()
+        };
+        if pending {
+            let core = self.core.clone();
+            let index = self.id.index();
+            let mut task = Some(task);
+            tokio::task::spawn_local(poll_fn(move |cx| {
+                let _polling = core.counters.polling(index);
+                let Some(running) = task.as_mut() else {
+                    return Poll::Ready(());
+                };
+                // A panic that escaped the shields: tokio would catch it
+                // and keep the thread, but nobody would count it.
+                match contain(|| running.as_mut().poll(cx)) {
+                    Some(poll) => poll,
+                    None => {
+                        trace::warning!(worker = index, "a panic escaped a request's task");
+                        core.counters.worker(index).panicked.fetch_add(1, Relaxed);
+                        let dead = task.take();
+                        let _ = contain(move || drop(dead));
+                        Poll::Ready(())
+                    }
+                }
+            }));
+        }
+    }
+
+    /// Drops every service instance on this thread, one panic at a time.
+    pub(super) fn drop_services(&self) {
+        for (_, instance) in self.services.take() {
+            let _ = guard(move || drop(instance));
+        }
+    }
+}
+
+/// One worker's instance of a wrapped service.
+struct Kept {
+    /// The service's shared part, alive while any handle or queued job is.
+    handle: Weak<dyn Any + Send + Sync>,
+    service: Rc<dyn Any>,
+}
