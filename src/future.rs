@@ -12,7 +12,7 @@ use tokio::sync::{AcquireError, OwnedSemaphorePermit};
 use tokio::time::Sleep;
 
 use crate::error::Failure;
-use crate::pool::{Core, Job, Pool};
+use crate::pool::{Core, JobHandle, Pool};
 use crate::reply::ReplyReceiver;
 use crate::trace;
 use crate::ThreadAffinityBody;
@@ -54,7 +54,7 @@ enum State<E> {
 /// A job waiting for a place in the shared queue.
 pub(crate) struct Admit {
     place: Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>,
-    job: Option<Box<dyn Job>>,
+    job: Option<JobHandle>,
     // Keeps the queues open until the job is in one; the job itself must
     // not (see `ThreadAffinity`).
     pool: Pool,
@@ -62,7 +62,7 @@ pub(crate) struct Admit {
 
 impl Admit {
     /// Submits `job` once a place frees up.
-    pub(crate) fn new(job: Box<dyn Job>, pool: Pool) -> Box<Self> {
+    pub(crate) fn new(job: JobHandle, pool: Pool) -> Box<Self> {
         Box::new(Self {
             place: Box::pin(pool.admission().acquire_owned()),
             job: Some(job),

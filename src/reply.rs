@@ -1,4 +1,5 @@
-//! The one-shot slot a queued request is answered through.
+//! The one-shot slot a queued request is answered through, which also
+//! carries the request itself: one allocation per request for both.
 //!
 //! A job waits in a queue until a worker takes it. Its caller may give up
 //! first: its queue timeout passes, or it drops the response future. The
@@ -17,32 +18,33 @@
 //! Besides the claim it is a oneshot channel: the worker sends the reply
 //! (the head, or the inner service's error) and watches for the caller
 //! going away while the inner future is pending.
+//!
+//! The slot is shared through one `Arc`: the queue holds it as the job
+//! (`Arc<dyn Job>`, whose payload `J` the worker takes out when it starts
+//! it), the caller as its receiver (`Arc<dyn CallerEnd<T>>`, which knows
+//! nothing of `J`). Before, the job was a box of its own holding an `Arc`
+//! to the slot: two allocations per request.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-/// Creates a slot for one request.
-pub(crate) fn slot<T>() -> (ReplySender<T>, ReplyReceiver<T>) {
-    let slot = Arc::new(Slot {
-        state: Mutex::new(State {
-            phase: Phase::Queued,
-            reply: None,
-            caller: None,
-            worker: None,
-            caller_gone: false,
-            worker_gone: false,
-        }),
-    });
-    (ReplySender { slot: slot.clone() }, ReplyReceiver { slot })
+/// Creates a slot for one request with no payload (the unit tests' form).
+#[cfg(test)]
+pub(crate) fn slot<T: Send + 'static>() -> (ReplySender<T>, ReplyReceiver<T>) {
+    let slot = Slot::new(());
+    (ReplySender::new(slot.clone()), ReplyReceiver::new(slot))
 }
 
-struct Slot<T> {
-    state: Mutex<State<T>>,
+/// A request's payload `J` and the reply `T` it is answered with.
+pub(crate) struct Slot<T, J = ()> {
+    state: Mutex<State<T, J>>,
 }
 
-struct State<T> {
+struct State<T, J> {
     phase: Phase,
     reply: Option<T>,
+    /// The request, until a worker starts it.
+    job: Option<J>,
     /// The caller's waker, while it waits for the reply.
     caller: Option<Waker>,
     /// The worker's waker, while it watches for the caller going away.
@@ -60,24 +62,32 @@ enum Phase {
     Withdrawn,
 }
 
-impl<T> Slot<T> {
-    fn lock(&self) -> MutexGuard<'_, State<T>> {
+impl<T, J> Slot<T, J> {
+    /// A queued request carrying `job`.
+    pub(crate) fn new(job: J) -> Arc<Self> {
+        Arc::new(Slot {
+            state: Mutex::new(State {
+                phase: Phase::Queued,
+                reply: None,
+                job: Some(job),
+                caller: None,
+                worker: None,
+                caller_gone: false,
+                worker_gone: false,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T, J>> {
         // Nothing panics while the lock is held; a poisoned lock still
         // holds consistent state.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
 
-/// The worker's end.
-pub(crate) struct ReplySender<T> {
-    slot: Arc<Slot<T>>,
-}
-
-impl<T> ReplySender<T> {
     /// Takes the request for serving; `false` if its caller withdrew it or
     /// went away first, and the job must be dropped unstarted.
     pub(crate) fn claim(&self) -> bool {
-        let mut state = self.slot.lock();
+        let mut state = self.lock();
         match state.phase {
             Phase::Queued if !state.caller_gone => {
                 state.phase = Phase::Started;
@@ -88,9 +98,53 @@ impl<T> ReplySender<T> {
         }
     }
 
-    /// Sends the reply; gives it back if the caller went away.
-    pub(crate) fn send(self, reply: T) -> Result<(), T> {
-        let mut state = self.slot.lock();
+    /// The payload of a claimed request, once.
+    pub(crate) fn take_job(&self) -> Option<J> {
+        let mut state = self.lock();
+        match state.phase {
+            Phase::Started => state.job.take(),
+            Phase::Queued | Phase::Withdrawn => None,
+        }
+    }
+
+    /// The worker's end went away without a reply (see `ReplySender`'s
+    /// `Drop`); also for a job dropped in a queue, never started.
+    pub(crate) fn abandon(&self) {
+        let mut state = self.lock();
+        state.worker_gone = true;
+        let caller = state.caller.take();
+        // An unstarted payload (the request) goes with the worker's end.
+        let job = state.job.take();
+        drop(state);
+        drop(job);
+        if let Some(caller) = caller {
+            caller.wake();
+        }
+    }
+}
+
+/// The worker's end, once it started (or rejects) the request.
+pub(crate) struct ReplySender<T> {
+    slot: Arc<dyn WorkerEnd<T>>,
+}
+
+/// What the worker does with a slot, whatever its payload type.
+trait WorkerEnd<T> {
+    #[cfg(test)]
+    fn claim(&self) -> bool;
+    fn send(&self, reply: T) -> Result<(), T>;
+    fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()>;
+    fn abandon(&self);
+}
+
+impl<T, J> WorkerEnd<T> for Slot<T, J> {
+    #[cfg(test)]
+    fn claim(&self) -> bool {
+        Slot::claim(self)
+    }
+
+    fn send(&self, reply: T) -> Result<(), T> {
+        let mut state = self.lock();
         if state.caller_gone || state.phase == Phase::Withdrawn {
             return Err(reply);
         }
@@ -103,26 +157,49 @@ impl<T> ReplySender<T> {
         Ok(())
     }
 
-    /// Ready once the caller has gone away (or withdrawn the request).
-    pub(crate) fn poll_closed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut state = self.slot.lock();
+    fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
         if state.caller_gone || state.phase == Phase::Withdrawn {
             return Poll::Ready(());
         }
         set_waker(&mut state.worker, cx);
         Poll::Pending
     }
+
+    fn abandon(&self) {
+        Slot::abandon(self);
+    }
+}
+
+impl<T> ReplySender<T> {
+    /// The worker's end of `slot`: dropping it unsent tells the caller.
+    pub(crate) fn new<J: 'static>(slot: Arc<Slot<T, J>>) -> Self
+    where
+        T: 'static,
+    {
+        Self { slot }
+    }
+
+    /// Takes the request for serving; see [`Slot::claim`].
+    #[cfg(test)]
+    pub(crate) fn claim(&self) -> bool {
+        self.slot.claim()
+    }
+
+    /// Sends the reply; gives it back if the caller went away.
+    pub(crate) fn send(self, reply: T) -> Result<(), T> {
+        self.slot.send(reply)
+    }
+
+    /// Ready once the caller has gone away (or withdrawn the request).
+    pub(crate) fn poll_closed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.slot.poll_closed(cx)
+    }
 }
 
 impl<T> Drop for ReplySender<T> {
     fn drop(&mut self) {
-        let mut state = self.slot.lock();
-        state.worker_gone = true;
-        let caller = state.caller.take();
-        drop(state);
-        if let Some(caller) = caller {
-            caller.wake();
-        }
+        self.slot.abandon();
     }
 }
 
@@ -130,15 +207,16 @@ impl<T> Drop for ReplySender<T> {
 #[derive(Debug)]
 pub(crate) struct Unanswered;
 
-/// The caller's end.
-pub(crate) struct ReplyReceiver<T> {
-    slot: Arc<Slot<T>>,
+/// What the caller does with a slot, whatever its payload type.
+pub(crate) trait CallerEnd<T>: Send + Sync {
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<T, Unanswered>>;
+    fn withdraw(&self) -> bool;
+    fn gone(&self);
 }
 
-impl<T> ReplyReceiver<T> {
-    /// The reply, once the worker sent it.
-    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, Unanswered>> {
-        let mut state = self.slot.lock();
+impl<T: Send, J: Send> CallerEnd<T> for Slot<T, J> {
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<T, Unanswered>> {
+        let mut state = self.lock();
         if let Some(reply) = state.reply.take() {
             return Poll::Ready(Ok(reply));
         }
@@ -149,10 +227,8 @@ impl<T> ReplyReceiver<T> {
         Poll::Pending
     }
 
-    /// Withdraws the request if no worker has started it: `true` if it
-    /// will never run, `false` if a worker already serves it.
-    pub(crate) fn withdraw(&mut self) -> bool {
-        let mut state = self.slot.lock();
+    fn withdraw(&self) -> bool {
+        let mut state = self.lock();
         match state.phase {
             Phase::Queued | Phase::Withdrawn => {
                 state.phase = Phase::Withdrawn;
@@ -161,11 +237,9 @@ impl<T> ReplyReceiver<T> {
             Phase::Started => false,
         }
     }
-}
 
-impl<T> Drop for ReplyReceiver<T> {
-    fn drop(&mut self) {
-        let mut state = self.slot.lock();
+    fn gone(&self) {
+        let mut state = self.lock();
         state.caller_gone = true;
         let worker = state.worker.take();
         // A reply already sent is dropped here, on the caller's side: it is a
@@ -176,6 +250,35 @@ impl<T> Drop for ReplyReceiver<T> {
         if let Some(worker) = worker {
             worker.wake();
         }
+    }
+}
+
+/// The caller's end.
+pub(crate) struct ReplyReceiver<T> {
+    slot: Arc<dyn CallerEnd<T>>,
+}
+
+impl<T> ReplyReceiver<T> {
+    /// The caller's end of `slot`.
+    pub(crate) fn new(slot: Arc<dyn CallerEnd<T>>) -> Self {
+        Self { slot }
+    }
+
+    /// The reply, once the worker sent it.
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, Unanswered>> {
+        self.slot.poll_recv(cx)
+    }
+
+    /// Withdraws the request if no worker has started it: `true` if it
+    /// will never run, `false` if a worker already serves it.
+    pub(crate) fn withdraw(&mut self) -> bool {
+        self.slot.withdraw()
+    }
+}
+
+impl<T> Drop for ReplyReceiver<T> {
+    fn drop(&mut self) {
+        self.slot.gone();
     }
 }
 

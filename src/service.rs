@@ -13,7 +13,6 @@ use tower_service::Service;
 use crate::error::{BoxError, Failure};
 use crate::future::{Admit, QueueTimeout, ResponseFuture};
 use crate::pool::{Call, Core, Pool};
-use crate::reply;
 use crate::trace;
 use crate::{Overload, ThreadAffinityBody, WorkerId};
 
@@ -197,8 +196,8 @@ where
         if self.is_calling_thread(worker) {
             return ResponseFuture::failed(Failure::WouldDeadlock);
         }
-        let (tx, rx) = reply::slot();
-        let job = Box::new(Call::new(self.shared.clone(), request, tx));
+        // One allocation: the job is its own reply slot.
+        let (job, rx) = Call::queue(self.shared.clone(), request);
         let wait_for_place = worker.is_none()
             && permit.is_none()
             && pool.config().affinity_key.is_some()

@@ -70,10 +70,11 @@ use crate::ShutdownReport;
 pub(crate) use self::config::Config;
 
 /// One request on its way to a worker, with its types erased so that one
-/// queue carries requests for every service the layer wraps.
-pub(crate) trait Job: Send + 'static {
-    /// Builds the task that serves the request, on the worker's thread.
-    fn start(self: Box<Self>, worker: &WorkerState, active: Active) -> worker::LocalTask;
+/// queue carries requests for every service the layer wraps. It is the
+/// request's reply slot too (`reply::Slot`): one allocation for both.
+pub(crate) trait Job: Send + Sync + 'static {
+    /// Builds the task that serves a claimed request, on the worker's thread.
+    fn start(self: Arc<Self>, worker: &WorkerState, active: Active) -> worker::LocalTask;
 
     /// Takes the job for serving: `false` if its caller withdrew it (its
     /// queue timeout passed) or went away while it was queued; the job is
@@ -82,12 +83,50 @@ pub(crate) trait Job: Send + 'static {
     fn claim(&self) -> bool;
 
     /// Answers the request without running it.
-    fn reject(self: Box<Self>, failure: Failure);
+    fn reject(self: Arc<Self>, failure: Failure);
+
+    /// The job is dropped unstarted and unanswered: tells its caller.
+    fn abandon(&self);
+}
+
+/// The worker's hold on a queued job. Dropped without being started or
+/// rejected (a queue dropped with jobs in it, a thread that died), it tells
+/// the caller, as a dropped reply sender does.
+pub(crate) struct JobHandle(Option<Arc<dyn Job>>);
+
+impl JobHandle {
+    pub(crate) fn new(job: Arc<dyn Job>) -> Self {
+        Self(Some(job))
+    }
+
+    fn take(mut self) -> Arc<dyn Job> {
+        self.0.take().expect("a job is taken once")
+    }
+
+    pub(crate) fn start(self, worker: &WorkerState, active: Active) -> worker::LocalTask {
+        self.take().start(worker, active)
+    }
+
+    pub(crate) fn claim(&self) -> bool {
+        self.0.as_ref().is_some_and(|job| job.claim())
+    }
+
+    pub(crate) fn reject(self, failure: Failure) {
+        self.take().reject(failure);
+    }
+}
+
+impl Drop for JobHandle {
+    fn drop(&mut self) {
+        if let Some(job) = self.0.take() {
+            job.abandon();
+        }
+    }
 }
 
 /// A job in a queue, with its admission permit.
 pub(crate) struct Envelope {
-    job: Box<dyn Job>,
+    job: JobHandle,
     // Held while an unkeyed job waits in the shared queue; released when a
     // worker takes it.
     _permit: Option<OwnedSemaphorePermit>,
@@ -281,7 +320,7 @@ impl Pool {
     /// not hold places that other workers' requests need.
     pub(crate) fn submit(
         &self,
-        job: Box<dyn Job>,
+        job: JobHandle,
         permit: Option<OwnedSemaphorePermit>,
         worker: Option<usize>,
     ) -> Result<(), Failure> {

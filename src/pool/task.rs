@@ -22,60 +22,72 @@ use super::pump::{stream_body, Stream};
 use super::ready::{Instance, ReadyQueue, Turn};
 use super::unwind::{guard, Guarded};
 use super::worker::{Active, LocalTask, WorkerState};
-use super::Job;
+use super::{Job, JobHandle};
 use crate::body::Msg;
 use crate::error::{BoxError, Failure};
 use crate::future::Reply;
-use crate::reply::ReplySender;
+use crate::reply::{ReplyReceiver, ReplySender, Slot};
 use crate::service::Shared;
 use crate::trace::{self, Span};
 use crate::ThreadAffinityBody;
 
-/// A request for the service behind `shared`.
-pub(crate) struct Call<S, B>
-where
-    S: Service<Request<B>>,
-{
+/// A request for the service behind `shared`: the payload of its reply
+/// slot, which the queue carries as the job.
+pub(crate) struct Call<S, B> {
     shared: Arc<Shared<S>>,
     request: Request<B>,
-    reply: ReplySender<Reply<S::Error>>,
     span: Span,
 }
 
-impl<S, B> Call<S, B>
-where
-    S: Service<Request<B>>,
-{
-    pub(crate) fn new(
+impl<S, B> Call<S, B> {
+    /// The job to queue and the caller's end of its reply, in one
+    /// allocation.
+    pub(crate) fn queue<ResBody>(
         shared: Arc<Shared<S>>,
         request: Request<B>,
-        reply: ReplySender<Reply<S::Error>>,
-    ) -> Self {
-        Self {
+    ) -> (JobHandle, ReplyReceiver<Reply<S::Error>>)
+    where
+        S: Service<Request<B>, Response = Response<ResBody>> + 'static,
+        S::Future: 'static,
+        S::Error: Send + 'static,
+        B: Send + 'static,
+        Shared<S>: Send + Sync,
+        ResBody: Body + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        let slot = Slot::new(Self {
             shared,
             request,
-            reply,
             span: Span::current(),
-        }
+        });
+        let job: Arc<dyn Job> = slot.clone();
+        (JobHandle::new(job), ReplyReceiver::new(slot))
     }
 }
 
-impl<S, B, ResBody> Job for Call<S, B>
+impl<S, B, ResBody> Job for Slot<Reply<S::Error>, Call<S, B>>
 where
     S: Service<Request<B>, Response = Response<ResBody>> + 'static,
     S::Future: 'static,
     S::Error: Send + 'static,
     B: Send + 'static,
+    Shared<S>: Send + Sync,
     ResBody: Body + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    fn start(self: Box<Self>, worker: &WorkerState, active: Active) -> LocalTask {
-        let Call {
+    fn start(self: Arc<Self>, worker: &WorkerState, active: Active) -> LocalTask {
+        let job = self.take_job();
+        let reply = ReplySender::new(self);
+        let Some(Call {
             shared,
             mut request,
-            reply,
             span,
-        } = *self;
+        }) = job
+        else {
+            // Not claimed: never happens (the worker claims first); the
+            // dropped sender tells the caller.
+            return Box::pin(std::future::ready(()));
+        };
         request.extensions_mut().insert(worker.id().clone());
         let config = &worker.core().config;
         let limits = Limits {
@@ -100,12 +112,18 @@ where
     }
 
     fn claim(&self) -> bool {
-        self.reply.claim()
+        Slot::claim(self)
     }
 
-    fn reject(self: Box<Self>, failure: Failure) {
-        self.span.in_scope(|| trace::debug!(?failure, "rejected"));
-        answer(self.reply, Ok(failure.response()));
+    fn reject(self: Arc<Self>, failure: Failure) {
+        if let Some(call) = self.take_job() {
+            call.span.in_scope(|| trace::debug!(?failure, "rejected"));
+        }
+        answer(ReplySender::new(self), Ok(failure.response()));
+    }
+
+    fn abandon(&self) {
+        Slot::abandon(self);
     }
 }
 
