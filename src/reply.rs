@@ -125,7 +125,9 @@ impl<T, J> Slot<T, J> {
 
 /// The worker's end, once it started (or rejects) the request.
 pub(crate) struct ReplySender<T> {
-    slot: Arc<dyn WorkerEnd<T>>,
+    // `None` once sent: the send told the caller all it needs, and the
+    // drop then takes no lock.
+    slot: Option<Arc<dyn WorkerEnd<T>>>,
 }
 
 /// What the worker does with a slot, whatever its payload type.
@@ -145,12 +147,19 @@ impl<T, J> WorkerEnd<T> for Slot<T, J> {
 
     fn send(&self, reply: T) -> Result<(), T> {
         let mut state = self.lock();
+        // The worker's end goes with the send (see `ReplySender::send`),
+        // and so does a payload never started (a rejected request).
+        state.worker_gone = true;
+        let job = state.job.take();
         if state.caller_gone || state.phase == Phase::Withdrawn {
+            drop(state);
+            drop(job);
             return Err(reply);
         }
         state.reply = Some(reply);
         let caller = state.caller.take();
         drop(state);
+        drop(job);
         if let Some(caller) = caller {
             caller.wake();
         }
@@ -177,29 +186,38 @@ impl<T> ReplySender<T> {
     where
         T: 'static,
     {
-        Self { slot }
+        Self { slot: Some(slot) }
+    }
+
+    fn slot(&self) -> &Arc<dyn WorkerEnd<T>> {
+        self.slot.as_ref().expect("a reply is sent once")
     }
 
     /// Takes the request for serving; see [`Slot::claim`].
     #[cfg(test)]
     pub(crate) fn claim(&self) -> bool {
-        self.slot.claim()
+        self.slot().claim()
     }
 
-    /// Sends the reply; gives it back if the caller went away.
-    pub(crate) fn send(self, reply: T) -> Result<(), T> {
-        self.slot.send(reply)
+    /// Sends the reply; gives it back if the caller went away. Marks the
+    /// worker's end gone under the same lock, so that dropping the sender
+    /// afterwards costs no second lock.
+    pub(crate) fn send(mut self, reply: T) -> Result<(), T> {
+        let slot = self.slot.take().expect("a reply is sent once");
+        slot.send(reply)
     }
 
     /// Ready once the caller has gone away (or withdrawn the request).
     pub(crate) fn poll_closed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.slot.poll_closed(cx)
+        self.slot().poll_closed(cx)
     }
 }
 
 impl<T> Drop for ReplySender<T> {
     fn drop(&mut self) {
-        self.slot.abandon();
+        if let Some(slot) = self.slot.take() {
+            slot.abandon();
+        }
     }
 }
 
