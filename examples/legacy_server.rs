@@ -6,6 +6,8 @@
 //! curl -s localhost:3000/orders/42
 //! curl -s localhost:3000/export.csv | wc -l
 //! curl -s -H 'x-session: alice' localhost:3000/session
+//! # the pool's figures in Prometheus text, with `--features metrics`:
+//! curl -s localhost:3000/metrics
 //! ```
 //!
 //! Settings come from the environment, so that several processes can run
@@ -23,7 +25,9 @@
 //! `SHUTDOWN_GRACE` (see [`serve`] and [`draining`]).
 //!
 //! The handlers are ordinary synchronous functions, `fn(&Worker, Request) ->
-//! Response`: no `async`, no `spawn_blocking`. Each runs on one of the
+//! Result<Response, BoxError>`: no `async`, no `spawn_blocking`, and `?` on
+//! rusqlite's errors (`blocking::try_service_fn` answers an `Err` with a
+//! `500` whose body does not include the error). Each runs on one of the
 //! layer's worker threads, where blocking is fine, with that thread's
 //! `Worker`: its own SQLite connection and session table, built on the
 //! thread by `ThreadAffinityLayer::service_with` and never shared. Requests
@@ -48,7 +52,8 @@ use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCod
 use http_body_util::{BodyExt, Full};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
-use tower_affinity::blocking::{service_fn, IterBody};
+use tower_affinity::blocking::{try_service_fn, IterBody};
+use tower_affinity::error::ResponseBody;
 use tower_affinity::{BoxError, ThreadAffinity, ThreadAffinityLayer, WorkerId};
 
 /// How many orders the demo database holds.
@@ -62,6 +67,10 @@ const PAGE: i64 = 1000;
 /// on the worker that made it), so `/export.csv` streams from an
 /// `Rc<Connection>`.
 type AppBody = Pin<Box<dyn http_body::Body<Data = Bytes, Error = BoxError>>>;
+
+/// What a handler returns: `?` works on any error, and an `Err` becomes a
+/// `500` (see [`blocking_app`]).
+type Handled = Result<Response<AppBody>, BoxError>;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
@@ -86,6 +95,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
         Ok(seconds) => Duration::try_from_secs_f64(seconds.parse()?)?,
         Err(_) => Duration::from_secs(10),
     };
+    // Before the layer serves its first request (see `metrics_route`).
+    let metrics = metrics_route(&layer)?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
     println!(
@@ -101,13 +112,54 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!("  curl -s http://{addr}/export.csv | head");
     println!("  curl -s http://{addr}/export.csv | wc -l");
     println!("  curl -s -H 'x-session: alice' http://{addr}/session");
+    println!("  curl -s http://{addr}/metrics");
 
-    serve(listener, app(&layer), &layer, grace, stop_signal()).await?;
+    let router = app(&layer).merge(metrics);
+    serve(listener, router, &layer, grace, stop_signal()).await?;
     // The layer's drain began with the stop; wait (a little) for its
     // threads to end, so that each drops its SQLite connection.
     let _ = tokio::time::timeout(LINGER, layer.shutdown()).await;
     println!("legacy_server {} stopped", instance());
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------
+
+/// `GET /metrics`: the pool's figures (threads, spares, blocked workers,
+/// queue waits, ...; see `tower_affinity::metrics`) in Prometheus text.
+///
+/// Installs the global recorder, so call it once, before the layer serves
+/// (a worker takes its queue-wait histogram when it first serves). Each
+/// scrape publishes the pool's figures first: a few atomic reads per
+/// worker, on the runtime, and nothing between scrapes.
+#[cfg(feature = "metrics")]
+pub fn metrics_route(layer: &ThreadAffinityLayer) -> Result<Router, Box<dyn Error>> {
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let layer = layer.clone();
+    let scrape = move || async move {
+        layer.publish_metrics();
+        prometheus.run_upkeep();
+        (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            prometheus.render(),
+        )
+    };
+    Ok(Router::new().route("/metrics", axum::routing::get(scrape)))
+}
+
+/// Without the `metrics` feature (the quick start's command), `/metrics`
+/// says how to turn it on.
+#[cfg(not(feature = "metrics"))]
+pub fn metrics_route(_: &ThreadAffinityLayer) -> Result<Router, Box<dyn Error>> {
+    let hint = || async {
+        (
+            StatusCode::NOT_FOUND,
+            "built without metrics: cargo run --release --example legacy_server --features metrics\n",
+        )
+    };
+    Ok(Router::new().route("/metrics", axum::routing::get(hint)))
 }
 
 // ---------------------------------------------------------------------------
@@ -235,10 +287,18 @@ struct Worker {
 
 /// The blocking application: a factory that builds a `Worker` on each
 /// worker thread, and a synchronous router over the handlers.
+///
+/// `try_service_fn` answers a handler's `Err` with a `500` and a fixed
+/// body: the error's text (SQL, file paths) never reaches the client. It is
+/// printed here (with the `tracing` feature the layer logs it too).
 fn blocking_app(
     layer: &ThreadAffinityLayer,
 ) -> ThreadAffinity<
-    impl tower::Service<Req, Response = Response<AppBody>, Error = std::convert::Infallible>,
+    impl tower::Service<
+        Req,
+        Response = Response<ResponseBody<AppBody>>,
+        Error = std::convert::Infallible,
+    >,
 > {
     layer.service_with(|id: WorkerId| {
         let db = Connection::open_with_flags(
@@ -251,9 +311,9 @@ fn blocking_app(
             db: Rc::new(db),
             sessions: RefCell::default(),
         };
-        service_fn(move |req: Req| {
+        try_service_fn(move |req: Req| {
             if let Some(refused) = only_get(&req) {
-                return refused;
+                return Ok(refused);
             }
             let path = req.uri().path();
             let handler = match path {
@@ -264,7 +324,8 @@ fn blocking_app(
                 _ if path.starts_with("/orders/") => order,
                 _ => not_found,
             };
-            worker_header(&worker, handler(&worker, req))
+            let response = handler(&worker, req).inspect_err(|e| eprintln!("error: {e}"))?;
+            Ok::<_, BoxError>(worker_header(&worker, response))
         })
     })
 }
@@ -276,14 +337,15 @@ fn blocking_app(
 type Req = Request<axum::body::Body>;
 
 /// `GET /`: what this server offers.
-fn index(_: &Worker, _: Req) -> Response<AppBody> {
+fn index(_: &Worker, _: Req) -> Handled {
     let text = "\
 GET /orders/{id}   one order as JSON (404 if there is none)
 GET /stats         number of orders and their total, as JSON
 GET /export.csv    every order as CSV, streamed page by page
 GET /session       visits of the session named by the x-session header
+GET /metrics       the pool's figures, Prometheus text (--features metrics)
 ";
-    reply(StatusCode::OK, "text/plain; charset=utf-8", text)
+    Ok(reply(StatusCode::OK, TEXT, text))
 }
 
 #[derive(Serialize)]
@@ -294,43 +356,39 @@ struct Order {
     created_at: String,
 }
 
-fn not_found(_: &Worker, req: Req) -> Response<AppBody> {
+fn not_found(_: &Worker, req: Req) -> Handled {
     let text = format!("no route {}\n", req.uri().path());
-    reply(StatusCode::NOT_FOUND, TEXT, text)
+    Ok(reply(StatusCode::NOT_FOUND, TEXT, text))
 }
 
 /// `GET /orders/{id}`: one row as JSON.
-fn order(worker: &Worker, req: Req) -> Response<AppBody> {
+fn order(worker: &Worker, req: Req) -> Handled {
     // `route_service` hands over the whole request, so the parameter comes
     // from the path itself.
     let id = req.uri().path().trim_start_matches("/orders/");
     let Ok(id) = id.parse::<i64>() else {
-        return reply(
-            StatusCode::BAD_REQUEST,
-            TEXT,
-            format!("not an order id: {id:?}\n"),
-        );
+        let text = format!("not an order id: {id:?}\n");
+        return Ok(reply(StatusCode::BAD_REQUEST, TEXT, text));
     };
-    let found = (|| {
-        worker
-            .db
-            .prepare_cached(
-                "SELECT id, customer, amount_cents, created_at FROM orders WHERE id = ?1",
-            )?
-            .query_row([id], |row| {
-                Ok(Order {
-                    id: row.get(0)?,
-                    customer: row.get(1)?,
-                    amount_cents: row.get(2)?,
-                    created_at: row.get(3)?,
-                })
+    let found = worker
+        .db
+        .prepare_cached("SELECT id, customer, amount_cents, created_at FROM orders WHERE id = ?1")?
+        .query_row([id], |row| {
+            Ok(Order {
+                id: row.get(0)?,
+                customer: row.get(1)?,
+                amount_cents: row.get(2)?,
+                created_at: row.get(3)?,
             })
-            .optional()
-    })();
+        })
+        .optional()?;
     match found {
-        Ok(Some(order)) => json(&order),
-        Ok(None) => reply(StatusCode::NOT_FOUND, TEXT, format!("no order {id}\n")),
-        Err(e) => internal_error(&e),
+        Some(order) => json(&order),
+        None => Ok(reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            format!("no order {id}\n"),
+        )),
     }
 }
 
@@ -342,7 +400,7 @@ struct Stats {
 
 /// `GET /stats`: a table scan, blocking its worker for a few milliseconds
 /// (the other workers keep serving).
-fn stats(worker: &Worker, _: Req) -> Response<AppBody> {
+fn stats(worker: &Worker, _: Req) -> Handled {
     let stats = worker.db.query_row(
         "SELECT count(*), coalesce(sum(amount_cents), 0) FROM orders",
         [],
@@ -352,11 +410,8 @@ fn stats(worker: &Worker, _: Req) -> Response<AppBody> {
                 sum_amount_cents: row.get(1)?,
             })
         },
-    );
-    match stats {
-        Ok(stats) => json(&stats),
-        Err(e) => internal_error(&e),
-    }
+    )?;
+    json(&stats)
 }
 
 /// `GET /export.csv`: the whole table, streamed.
@@ -373,7 +428,7 @@ fn stats(worker: &Worker, _: Req) -> Response<AppBody> {
 ///
 /// Each page is its own read, so rows written during an export may or may
 /// not appear in it; this demo never writes after seeding.
-fn export_csv(worker: &Worker, _: Req) -> Response<AppBody> {
+fn export_csv(worker: &Worker, _: Req) -> Handled {
     let db = worker.db.clone();
     let mut after = 0i64;
     let mut first = true;
@@ -405,16 +460,20 @@ fn export_csv(worker: &Worker, _: Req) -> Response<AppBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/csv; charset=utf-8"),
     );
-    response
+    Ok(response)
 }
 
 /// `GET /session`: counts the visits of the session named by `x-session`,
 /// in this worker's memory. The layer routes every request with the same
 /// header to the same worker, so the count is the session's own; without
 /// sticky routing it would be split over the workers.
-fn session(worker: &Worker, req: Req) -> Response<AppBody> {
+fn session(worker: &Worker, req: Req) -> Handled {
     let Some(name) = req.headers().get("x-session").and_then(|v| v.to_str().ok()) else {
-        return reply(StatusCode::BAD_REQUEST, TEXT, "send an x-session header\n");
+        return Ok(reply(
+            StatusCode::BAD_REQUEST,
+            TEXT,
+            "send an x-session header\n",
+        ));
     };
     let mut sessions = worker.sessions.borrow_mut();
     let visits = sessions.entry(name.to_owned()).or_default();
@@ -424,7 +483,7 @@ fn session(worker: &Worker, req: Req) -> Response<AppBody> {
         worker.id,
         instance()
     );
-    reply(StatusCode::OK, TEXT, text)
+    Ok(reply(StatusCode::OK, TEXT, text))
 }
 
 /// Appends the rows after `after` (up to a page) to `csv`; returns the last
@@ -544,19 +603,10 @@ fn reply(
     response
 }
 
-fn json<T: Serialize>(value: &T) -> Response<AppBody> {
-    match serde_json::to_vec(value) {
-        Ok(mut bytes) => {
-            bytes.push(b'\n');
-            reply(StatusCode::OK, "application/json", bytes)
-        }
-        Err(e) => internal_error(&e),
-    }
-}
-
-fn internal_error(error: &dyn Error) -> Response<AppBody> {
-    eprintln!("error: {error}");
-    reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, "internal error\n")
+fn json<T: Serialize>(value: &T) -> Handled {
+    let mut bytes = serde_json::to_vec(value)?;
+    bytes.push(b'\n');
+    Ok(reply(StatusCode::OK, "application/json", bytes))
 }
 
 /// Every route here is read-only: anything but `GET` (or `HEAD`, whose body

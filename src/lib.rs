@@ -1,4 +1,4 @@
-//! Run blocking (and `!Send`) HTTP services on a fixed pool of threads,
+//! Run blocking (and `!Send`) HTTP services on a pool of worker threads,
 //! each request pinned to one thread, with streamed response bodies.
 //!
 //! [`ThreadAffinityLayer`] is a Tower layer for the code that cannot become
@@ -344,9 +344,11 @@
 //!   Off by default (without it, wrap the whole server with
 //!   `Server::builder().layer(layer)`).
 //! - `metrics`: `ThreadAffinityLayer::publish_metrics` publishes the
-//!   pool's figures (queue, active, threads, admitted, rejected, timed out,
-//!   panicked, replaced, and a histogram of queue wait) through the
-//!   `metrics` facade; see `metrics` for the names. Off by default.
+//!   pool's figures (queues, active requests, threads and spares,
+//!   blocked workers, admitted, rejected, timed out, panicked, replaced,
+//!   spares started and retired, spawn failures, and a histogram of queue
+//!   wait) through the `metrics` facade; see `metrics` for the names. Off
+//!   by default.
 //! - `serde`: [`stats::Stats`] is `serde::Serialize`, for an endpoint of
 //!   your own. Off by default.
 #![forbid(unsafe_code)]

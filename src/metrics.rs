@@ -14,18 +14,27 @@
 //! Every name starts with `tower_affinity_`. Every figure has a `pool`
 //! label: the pool's [`thread_name`](crate::Builder::thread_name) prefix,
 //! so set distinct thread names to tell two pools apart. Per-worker
-//! figures also have a `worker` label: the worker's index.
+//! figures also have a `worker` label: the worker's index (spares follow
+//! the core workers, and a retired spare's slot keeps its last figures
+//! until the next spare reuses it).
 //!
 //! | name | kind | labels | what |
 //! |---|---|---|---|
 //! | `tower_affinity_queued` | gauge | `pool` | requests waiting in the shared queue |
-//! | `tower_affinity_threads` | gauge | `pool` | worker threads in the pool |
+//! | `tower_affinity_threads` | gauge | `pool` | worker threads running now, core workers and spares |
+//! | `tower_affinity_spares` | gauge | `pool` | spare workers running now |
+//! | `tower_affinity_max_workers` | gauge | `pool` | the most threads the pool will run (lowered by spawn failures) |
 //! | `tower_affinity_admitted_total` | counter | `pool` | requests queued for a worker |
 //! | `tower_affinity_rejected_total` | counter | `pool` | requests answered `503` at once (queue full, shut down) |
 //! | `tower_affinity_timed_out_total` | counter | `pool` | requests answered `503` after the queue timeout |
+//! | `tower_affinity_spares_started_total` | counter | `pool` | spare workers started |
+//! | `tower_affinity_spares_retired_total` | counter | `pool` | spare workers retired after their keep-alive |
+//! | `tower_affinity_stalls_total` | counter | `pool` | looks of the spare supervisor that found work waiting and a worker stuck in a poll |
+//! | `tower_affinity_spawn_failures_total` | counter | `pool` | threads the operating system refused to start |
 //! | `tower_affinity_worker_queued` | gauge | `pool`, `worker` | keyed requests waiting in the worker's own queue |
 //! | `tower_affinity_active` | gauge | `pool`, `worker` | requests the worker is serving, from call to end of body |
 //! | `tower_affinity_current_poll_seconds` | gauge | `pool`, `worker` | time inside the current poll of user code (0 when not polling) |
+//! | `tower_affinity_blocked` | gauge | `pool`, `worker` | 1 while the worker is blocked in user code (off the CPU), else 0 |
 //! | `tower_affinity_completed_total` | counter | `pool`, `worker` | requests the worker finished serving |
 //! | `tower_affinity_panicked_total` | counter | `pool`, `worker` | panics caught in the inner service |
 //! | `tower_affinity_replaced_total` | counter | `pool`, `worker` | times the worker's thread died and was replaced |
@@ -114,8 +123,17 @@ const POOL: &[Figure<Stats>] = &[
     ),
     gauge(
         "tower_affinity_threads",
-        "Worker threads in the pool.",
-        |s| s.workers().len() as f64,
+        "Worker threads running now, core workers and spares.",
+        |s| s.threads() as f64,
+    ),
+    gauge("tower_affinity_spares", "Spare workers running now.", |s| {
+        let spares = s.workers().iter().filter(|w| w.is_spare() && w.is_alive());
+        spares.count() as f64
+    }),
+    gauge(
+        "tower_affinity_max_workers",
+        "The most worker threads the pool will run now.",
+        |s| s.max_workers() as f64,
     ),
     counter(
         "tower_affinity_admitted_total",
@@ -131,6 +149,26 @@ const POOL: &[Figure<Stats>] = &[
         "tower_affinity_timed_out_total",
         "Requests answered 503 after the queue timeout.",
         Stats::timed_out,
+    ),
+    counter(
+        "tower_affinity_spares_started_total",
+        "Spare workers started.",
+        Stats::spares_started,
+    ),
+    counter(
+        "tower_affinity_spares_retired_total",
+        "Spare workers retired after their keep-alive.",
+        Stats::spares_retired,
+    ),
+    counter(
+        "tower_affinity_stalls_total",
+        "Supervisor looks that found work waiting and a worker stuck in a poll.",
+        Stats::stalls,
+    ),
+    counter(
+        "tower_affinity_spawn_failures_total",
+        "Worker threads the operating system refused to start.",
+        Stats::spawn_failures,
     ),
 ];
 
@@ -150,6 +188,11 @@ const WORKER: &[Figure<WorkerStats>] = &[
         "tower_affinity_current_poll_seconds",
         "Time inside the current poll of user code.",
         |w| w.current_poll().map_or(0.0, |d| d.as_secs_f64()),
+    ),
+    gauge(
+        "tower_affinity_blocked",
+        "1 while the worker is blocked in user code, off the CPU.",
+        |w| f64::from(u8::from(w.blocked())),
     ),
     counter(
         "tower_affinity_completed_total",

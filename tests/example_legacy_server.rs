@@ -74,7 +74,10 @@ struct Server {
 
 impl Server {
     async fn start(layer: &ThreadAffinityLayer) -> Self {
-        let router = legacy_server::app(layer);
+        Self::start_router(legacy_server::app(layer)).await
+    }
+
+    async fn start_router(router: axum::Router) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -228,6 +231,79 @@ async fn orders_by_id() {
 
         let response = get(&client, server.url("/orders/999999999"), None).await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+        drop(client);
+        server.shutdown().await;
+    })
+    .await;
+}
+
+/// With the `metrics` feature, `/metrics` serves the pool's figures in
+/// Prometheus text, and they move: an order served counts as admitted and
+/// completed, and the four core threads show.
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_route_serves_the_pools_figures() {
+    bounded(async {
+        seeded().await;
+        let layer = layer();
+        // Installs this binary's global recorder, before the layer serves.
+        let metrics = legacy_server::metrics_route(&layer).unwrap();
+        let server = Server::start_router(legacy_server::app(&layer).merge(metrics)).await;
+        let client = client();
+        let figure = |page: &str, name: &str| -> f64 {
+            let key = format!(r#"{name}{{pool="{PREFIX}"}} "#);
+            let line = page.lines().find(|line| line.starts_with(&key));
+            let value = line.unwrap_or_else(|| panic!("no {key} in {page}"));
+            value[key.len()..].parse().unwrap()
+        };
+
+        let response = get(&client, server.url("/orders/42"), None).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        text(response).await;
+        // The worker counts the request completed just after it sends the
+        // answer: scrape until it is in (the hang guard bounds the wait).
+        let page = loop {
+            let response = get(&client, server.url("/metrics"), None).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            let page = text(response).await;
+            let mut completed = page
+                .lines()
+                .filter(|line| line.starts_with("tower_affinity_completed_total{"));
+            if completed.any(|line| !line.ends_with(" 0")) {
+                break page;
+            }
+            tokio::task::yield_now().await;
+        };
+        assert_eq!(figure(&page, "tower_affinity_threads"), 4.0, "{page}");
+        assert_eq!(
+            figure(&page, "tower_affinity_admitted_total"),
+            1.0,
+            "{page}"
+        );
+        assert_eq!(figure(&page, "tower_affinity_spares"), 0.0, "{page}");
+
+        drop(client);
+        server.shutdown().await;
+    })
+    .await;
+}
+
+/// Without the `metrics` feature (the quick start's command), `/metrics`
+/// answers `404` with the command that turns it on.
+#[cfg(not(feature = "metrics"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_route_says_how_to_turn_it_on() {
+    bounded(async {
+        seeded().await;
+        let layer = layer();
+        let metrics = legacy_server::metrics_route(&layer).unwrap();
+        let server = Server::start_router(legacy_server::app(&layer).merge(metrics)).await;
+        let client = client();
+
+        let response = get(&client, server.url("/metrics"), None).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert!(text(response).await.contains("--features metrics"));
 
         drop(client);
         server.shutdown().await;
