@@ -425,3 +425,43 @@ async fn shutdown_with_spares_alive_drains() {
     assert_eq!(stops, [0, 1, 2]);
     assert_eq!(layer.stats().threads(), 0);
 }
+
+/// One blocked poll starts one spare, however many looks it lasts: worker
+/// 0 blocks, its spare takes the next job and computes (not blocked), and
+/// the supervisor, looking again and again while work waits, starts no
+/// second spare for worker 0's same poll.
+#[tokio::test]
+async fn one_blocked_poll_starts_one_spare() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(4)
+        .thread_name("once")
+        .build();
+    let gate = Gate::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (entered, mut entries) = mpsc::unbounded_channel();
+    let (door, spin) = (gate.clone(), stop.clone());
+    let svc = layer.layer(blocking::service_fn(move |_: Request<()>| {
+        let _ = entered.send(name());
+        if name() == "once-0" {
+            door.wait();
+        } else {
+            while !spin.load(SeqCst) {
+                std::hint::spin_loop();
+            }
+        }
+        Response::new(name())
+    }));
+    let tasks = send_all(&svc, 8);
+    let first = within("worker 0 blocked", entries.recv()).await.unwrap();
+    assert_eq!(first, "once-0");
+    let second = within("the spare serving", entries.recv()).await.unwrap();
+    assert_eq!(second, "once-1");
+    let looks = layer.stats().stalls();
+    until(&layer, "three more looks", |s| s.stalls() >= looks + 3).await;
+    let stats = layer.stats();
+    assert_eq!(stats.spares_started(), 1, "{stats:?}");
+    stop.store(true, SeqCst);
+    gate.open();
+    answers(tasks).await;
+}
