@@ -465,3 +465,51 @@ async fn one_blocked_poll_starts_one_spare() {
     gate.open();
     answers(tasks).await;
 }
+
+/// A spare still starting when `shutdown` begins (held in its start hook)
+/// does not outlive it: shutdown returns only after that spare's stop
+/// hook ran, and the request queued for it is served.
+#[tokio::test]
+async fn a_spare_starting_during_shutdown_does_not_outlive_it() {
+    let (started, mut starts) = mpsc::unbounded_channel();
+    let (stopped, mut stops) = mpsc::unbounded_channel();
+    let hold = Gate::default();
+    let held = hold.clone();
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(2)
+        .on_thread_start(move |id: &WorkerId| {
+            if id.index() == 1 {
+                let _ = started.send(());
+                held.wait();
+            }
+        })
+        .on_thread_stop(move |id: &WorkerId| {
+            let _ = stopped.send(id.index());
+        })
+        .build();
+    let (entered, mut entries) = mpsc::unbounded_channel();
+    let gate = Gate::default();
+    let svc = gated(&layer, entered, gate.clone());
+    let tasks = send_all(&svc, 2);
+    within("worker 0 blocked", entries.recv()).await;
+    within("the spare starting", starts.recv()).await;
+    let mut shutdown = Box::pin({
+        let layer = layer.clone();
+        async move { layer.shutdown().await }
+    });
+    // One poll: the pool drains and closes its queues (its first step).
+    tokio::select! {
+        biased;
+        _ = &mut shutdown => panic!("shutdown returned with a spare starting"),
+        _ = std::future::ready(()) => {}
+    }
+    hold.open();
+    gate.open();
+    assert_eq!(answers(tasks).await.len(), 2);
+    within("shutdown", shutdown).await;
+    let mut stops: Vec<_> = (0..2).map(|_| stops.try_recv().unwrap()).collect();
+    stops.sort();
+    assert_eq!(stops, [0, 1], "both threads ended before shutdown returned");
+    assert_eq!(layer.stats().threads(), 0);
+}
