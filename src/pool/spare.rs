@@ -6,7 +6,10 @@
 //! code (see `probe`: inside one poll for over a millisecond and off the
 //! CPU), up to the jobs waiting and `max_workers` threads. Each blocked
 //! poll gets one spare, once: a handler blocked for 50 ms, seen at fifty
-//! looks, is still one thread out of play, not fifty. A CPU-bound handler
+//! looks, is still one thread out of play, not fifty. And none while as
+//! many threads as there are core workers can take work (between two polls,
+//! or computing): then the CPUs, not the threads, are what work waits for.
+//! A CPU-bound handler
 //! is on the CPU, a quick one is not inside a long poll: neither grows the
 //! pool.
 //!
@@ -245,6 +248,18 @@ fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, compensated: &mut [u64]) 
     let running: Vec<usize> = (0..core.config.max_workers)
         .filter(|&index| counters.worker(index).alive.load(SeqCst))
         .collect();
+    // Threads that can take work now: between two polls (serving their
+    // event loop, so not parked) or computing in a long one. As many as
+    // core workers, and a spare only adds a thread competing for the same
+    // CPUs: quick handlers that outrun the CPUs keep every worker busy
+    // without any being free, and grew the pool to `max_workers` before.
+    let mut able = running
+        .iter()
+        .filter(|&&index| !counters.worker(index).is_polling())
+        .count();
+    if able >= core.config.workers {
+        return 0;
+    }
     // Atomics first; the probe reads `/proc`, only for workers inside a
     // long poll, and only while there is room.
     // A poll already compensated for is left out: without that, a worker
@@ -266,8 +281,12 @@ fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, compensated: &mut [u64]) 
         .iter()
         .copied()
         .filter(|&index| counters.blocked(index))
-        .take(wanted)
         .collect();
+    able += long.len() - blocked.len();
+    if able >= core.config.workers {
+        return 0;
+    }
+    let blocked = blocked.into_iter().take(wanted);
     let mut started = 0;
     for index in blocked {
         if !start(core, shared, running.len() + started) {
