@@ -513,3 +513,66 @@ async fn a_spare_starting_during_shutdown_does_not_outlive_it() {
     assert_eq!(stops, [0, 1], "both threads ended before shutdown returned");
     assert_eq!(layer.stats().threads(), 0);
 }
+
+/// No spare while as many threads as core workers can take work: worker 0
+/// blocks in a new poll while the pool's only other thread (a spare)
+/// computes, and work waits; the supervisor looks and starts nothing, as
+/// one more thread would only compete for the CPUs.
+#[tokio::test]
+async fn no_spare_while_core_many_threads_can_work() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(3)
+        .thread_name("able")
+        .build();
+    let (first, rest) = (Gate::default(), Gate::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (entered, mut entries) = mpsc::unbounded_channel();
+    let (a, b, spin) = (first.clone(), rest.clone(), stop.clone());
+    let svc = layer.layer(blocking::service_fn(move |request: Request<u8>| {
+        let what = ["a", "spin", "b", "c"][usize::from(*request.body())];
+        let _ = entered.send(format!("{what} {}", name()));
+        match what {
+            "a" => a.wait(),
+            "spin" => {
+                while !spin.load(SeqCst) {
+                    std::hint::spin_loop();
+                }
+            }
+            _ => b.wait(),
+        }
+        Response::new(name())
+    }));
+    let send = |what: u8| {
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let response = svc.oneshot(Request::new(what)).await.unwrap();
+            assert_eq!(response.status(), 200);
+            collect(response.into_body()).await;
+        })
+    };
+    let mut tasks = vec![send(0)];
+    let entry = within("worker 0 blocked", entries.recv()).await.unwrap();
+    assert_eq!(entry, "a able-0");
+    // Queued in this order: the spare takes "spin", worker 0 then "b".
+    for (n, what) in [1, 2, 3, 3].into_iter().enumerate() {
+        tasks.push(send(what));
+        until(&layer, "admitted", |s| s.admitted() > n as u64 + 1).await;
+    }
+    let entry = within("the spare computing", entries.recv()).await.unwrap();
+    assert_eq!(entry, "spin able-1");
+    first.open();
+    let entry = within("worker 0 blocked again", entries.recv())
+        .await
+        .unwrap();
+    assert_eq!(entry, "b able-0");
+    let looks = layer.stats().stalls();
+    until(&layer, "three more looks", |s| s.stalls() >= looks + 3).await;
+    let stats = layer.stats();
+    assert_eq!(stats.spares_started(), 1, "{stats:?}");
+    stop.store(true, SeqCst);
+    rest.open();
+    for task in tasks {
+        within("an answer", task).await.unwrap();
+    }
+}

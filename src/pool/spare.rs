@@ -172,12 +172,16 @@ impl Spares {
         self.keep_alive
     }
 
-    /// Spare `index` retired (`retired`) or died; its thread has ended.
-    pub(crate) fn exited(&self, index: usize, retired: bool) {
-        if retired {
-            self.retired.fetch_add(1, Relaxed);
-            trace::info!(worker = index, "spare worker retired");
-        }
+    /// Spare `index` retired: counted before its slot reads as not alive,
+    /// so a reader who sees the thread gone also sees it retired.
+    pub(crate) fn retiring(&self, index: usize) {
+        self.retired.fetch_add(1, SeqCst);
+        trace::info!(worker = index, "spare worker retired");
+        let _ = index;
+    }
+
+    /// Spare `index`'s thread has ended: its slot is free again.
+    pub(crate) fn exited(&self, index: usize) {
         lock(&self.free).push(index);
     }
 
