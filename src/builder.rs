@@ -105,7 +105,10 @@ impl Builder {
     /// for each worker **blocked in user code**: inside one poll of a
     /// handler, future or body for over a millisecond and off the CPU
     /// (sleeping on a lock, a socket, a database; read from the scheduler
-    /// on Linux, while elsewhere any poll longer than 20 ms counts). So a handler that
+    /// on Linux, while elsewhere any poll longer than 20 ms counts), once
+    /// per blocked poll however long it lasts. Not only when *every* worker
+    /// is blocked: with many threads some worker is always between two
+    /// jobs, and the pool would stop growing far below what waits. So a handler that
     /// waits on I/O gets up to `max_workers` threads, as with
     /// `spawn_blocking`, while CPU-bound or quick handlers never grow the
     /// pool. A spare is a full worker (its own runtime, hooks,

@@ -258,6 +258,12 @@ impl Counters {
         (since != 0).then(|| Duration::from_nanos(self.now().saturating_sub(since)))
     }
 
+    /// When worker `index`'s current poll of user code began (0: none):
+    /// tells one poll from the next.
+    pub(crate) fn poll_started(&self, index: usize) -> u64 {
+        self.workers[index].busy_since.load(Relaxed)
+    }
+
     /// Whether worker `index` is blocked in user code (see [`probe`]).
     pub(crate) fn blocked(&self, index: usize) -> bool {
         let worker = &self.workers[index];

@@ -425,3 +425,154 @@ async fn shutdown_with_spares_alive_drains() {
     assert_eq!(stops, [0, 1, 2]);
     assert_eq!(layer.stats().threads(), 0);
 }
+
+/// One blocked poll starts one spare, however many looks it lasts: worker
+/// 0 blocks, its spare takes the next job and computes (not blocked), and
+/// the supervisor, looking again and again while work waits, starts no
+/// second spare for worker 0's same poll.
+#[tokio::test]
+async fn one_blocked_poll_starts_one_spare() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(4)
+        .thread_name("once")
+        .build();
+    let gate = Gate::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (entered, mut entries) = mpsc::unbounded_channel();
+    let (door, spin) = (gate.clone(), stop.clone());
+    let svc = layer.layer(blocking::service_fn(move |_: Request<()>| {
+        let _ = entered.send(name());
+        if name() == "once-0" {
+            door.wait();
+        } else {
+            while !spin.load(SeqCst) {
+                std::hint::spin_loop();
+            }
+        }
+        Response::new(name())
+    }));
+    let tasks = send_all(&svc, 8);
+    let first = within("worker 0 blocked", entries.recv()).await.unwrap();
+    assert_eq!(first, "once-0");
+    let second = within("the spare serving", entries.recv()).await.unwrap();
+    assert_eq!(second, "once-1");
+    let looks = layer.stats().stalls();
+    until(&layer, "three more looks", |s| s.stalls() >= looks + 3).await;
+    let stats = layer.stats();
+    assert_eq!(stats.spares_started(), 1, "{stats:?}");
+    stop.store(true, SeqCst);
+    gate.open();
+    answers(tasks).await;
+}
+
+/// A spare still starting when `shutdown` begins (held in its start hook)
+/// does not outlive it: shutdown returns only after that spare's stop
+/// hook ran, and the request queued for it is served.
+#[tokio::test]
+async fn a_spare_starting_during_shutdown_does_not_outlive_it() {
+    let (started, mut starts) = mpsc::unbounded_channel();
+    let (stopped, mut stops) = mpsc::unbounded_channel();
+    let hold = Gate::default();
+    let held = hold.clone();
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(2)
+        .on_thread_start(move |id: &WorkerId| {
+            if id.index() == 1 {
+                let _ = started.send(());
+                held.wait();
+            }
+        })
+        .on_thread_stop(move |id: &WorkerId| {
+            let _ = stopped.send(id.index());
+        })
+        .build();
+    let (entered, mut entries) = mpsc::unbounded_channel();
+    let gate = Gate::default();
+    let svc = gated(&layer, entered, gate.clone());
+    let tasks = send_all(&svc, 2);
+    within("worker 0 blocked", entries.recv()).await;
+    within("the spare starting", starts.recv()).await;
+    let mut shutdown = Box::pin({
+        let layer = layer.clone();
+        async move { layer.shutdown().await }
+    });
+    // One poll: the pool drains and closes its queues (its first step).
+    tokio::select! {
+        biased;
+        _ = &mut shutdown => panic!("shutdown returned with a spare starting"),
+        _ = std::future::ready(()) => {}
+    }
+    hold.open();
+    gate.open();
+    assert_eq!(answers(tasks).await.len(), 2);
+    within("shutdown", shutdown).await;
+    let mut stops: Vec<_> = (0..2).map(|_| stops.try_recv().unwrap()).collect();
+    stops.sort();
+    assert_eq!(stops, [0, 1], "both threads ended before shutdown returned");
+    assert_eq!(layer.stats().threads(), 0);
+}
+
+/// No spare while as many threads as core workers can take work: worker 0
+/// blocks in a new poll while the pool's only other thread (a spare)
+/// computes, and work waits; the supervisor looks and starts nothing, as
+/// one more thread would only compete for the CPUs.
+#[tokio::test]
+async fn no_spare_while_core_many_threads_can_work() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(3)
+        .thread_name("able")
+        .build();
+    let (first, rest) = (Gate::default(), Gate::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (entered, mut entries) = mpsc::unbounded_channel();
+    let (a, b, spin) = (first.clone(), rest.clone(), stop.clone());
+    let svc = layer.layer(blocking::service_fn(move |request: Request<u8>| {
+        let what = ["a", "spin", "b", "c"][usize::from(*request.body())];
+        let _ = entered.send(format!("{what} {}", name()));
+        match what {
+            "a" => a.wait(),
+            "spin" => {
+                while !spin.load(SeqCst) {
+                    std::hint::spin_loop();
+                }
+            }
+            _ => b.wait(),
+        }
+        Response::new(name())
+    }));
+    let send = |what: u8| {
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let response = svc.oneshot(Request::new(what)).await.unwrap();
+            assert_eq!(response.status(), 200);
+            collect(response.into_body()).await;
+        })
+    };
+    let mut tasks = vec![send(0)];
+    let entry = within("worker 0 blocked", entries.recv()).await.unwrap();
+    assert_eq!(entry, "a able-0");
+    // Queued in this order: the spare takes "spin", worker 0 then "b".
+    for (n, what) in [1, 2, 3, 3].into_iter().enumerate() {
+        tasks.push(send(what));
+        until(&layer, "admitted", |s| s.admitted() > n as u64 + 1).await;
+    }
+    let entry = within("the spare computing", entries.recv()).await.unwrap();
+    assert_eq!(entry, "spin able-1");
+    first.open();
+    let entry = within("worker 0 blocked again", entries.recv())
+        .await
+        .unwrap();
+    assert_eq!(entry, "b able-0");
+    let looks = layer.stats().stalls();
+    until(&layer, "three more looks", |s| s.stalls() >= looks + 3).await;
+    let stats = layer.stats();
+    assert_eq!(stats.spares_started(), 1, "{stats:?}");
+    stop.store(true, SeqCst);
+    rest.open();
+    for task in tasks {
+        within("an answer", task).await.unwrap();
+    }
+}

@@ -96,8 +96,11 @@ impl Drop for Exit {
         if index >= core.config.workers {
             // Marked gone before the slot is freed: the next spare in this
             // slot marks it alive again, and must not be overwritten.
+            if matches!(end, End::Retired) {
+                core.spares.retiring(index);
+            }
             self.gone();
-            core.spares.exited(index, matches!(end, End::Retired));
+            core.spares.exited(index);
             return;
         }
         let failures = match end {

@@ -4,9 +4,14 @@
 //! The pool always runs `workers` core threads. While unkeyed work waits
 //! and no worker is free, a spare starts for each worker blocked in user
 //! code (see `probe`: inside one poll for over a millisecond and off the
-//! CPU), up to the jobs waiting and `max_workers` threads. A CPU-bound
-//! handler is on the CPU, a quick one is not inside a long poll: neither
-//! grows the pool.
+//! CPU), up to the jobs waiting and `max_workers` threads. Each blocked
+//! poll gets one spare, once: a handler blocked for 50 ms, seen at fifty
+//! looks, is still one thread out of play, not fifty. And none while as
+//! many threads as there are core workers can take work (between two polls,
+//! or computing): then the CPUs, not the threads, are what work waits for.
+//! A CPU-bound handler
+//! is on the CPU, a quick one is not inside a long poll: neither grows the
+//! pool.
 //!
 //! The supervisor costs nothing while the pool keeps up: it parks on a
 //! condition variable until a submitter finds no worker waiting for work
@@ -167,12 +172,16 @@ impl Spares {
         self.keep_alive
     }
 
-    /// Spare `index` retired (`retired`) or died; its thread has ended.
-    pub(crate) fn exited(&self, index: usize, retired: bool) {
-        if retired {
-            self.retired.fetch_add(1, Relaxed);
-            trace::info!(worker = index, "spare worker retired");
-        }
+    /// Spare `index` retired: counted before its slot reads as not alive,
+    /// so a reader who sees the thread gone also sees it retired.
+    pub(crate) fn retiring(&self, index: usize) {
+        self.retired.fetch_add(1, SeqCst);
+        trace::info!(worker = index, "spare worker retired");
+        let _ = index;
+    }
+
+    /// Spare `index`'s thread has ended: its slot is free again.
+    pub(crate) fn exited(&self, index: usize) {
         lock(&self.free).push(index);
     }
 
@@ -199,6 +208,9 @@ impl Spares {
 /// then looking while it does.
 fn supervisor(core: &Arc<Core>, shared: &Receiver<Envelope>) {
     let spares = &core.spares;
+    // Per slot, the start of the poll a spare was last started for: one
+    // spare per blocked poll, however many looks it lasts.
+    let mut compensated = vec![0u64; core.config.max_workers];
     while spares.wait_armed() {
         let mut interval = BLOCKED_AFTER;
         loop {
@@ -214,7 +226,7 @@ fn supervisor(core: &Arc<Core>, shared: &Receiver<Envelope>) {
                 }
                 spares.armed.store(true, SeqCst);
             }
-            interval = match grow(core, shared) {
+            interval = match grow(core, shared, &mut compensated) {
                 0 => (interval * 2).min(MAX_INTERVAL),
                 _ => BLOCKED_AFTER,
             };
@@ -232,7 +244,7 @@ fn supervisor(core: &Arc<Core>, shared: &Receiver<Envelope>) {
 /// spare for it (as .NET's pool compensates for a thread known to block)
 /// keeps the threads that can run equal to what the pool had. A worker that
 /// computes is not blocked, so CPU-bound handlers never grow the pool.
-fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>) -> usize {
+fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, compensated: &mut [u64]) -> usize {
     let (spares, counters) = (&core.spares, &core.counters);
     if core.idle.anyone_waiting() {
         return 0;
@@ -240,12 +252,28 @@ fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>) -> usize {
     let running: Vec<usize> = (0..core.config.max_workers)
         .filter(|&index| counters.worker(index).alive.load(SeqCst))
         .collect();
+    // Threads that can take work now: between two polls (serving their
+    // event loop, so not parked) or computing in a long one. As many as
+    // core workers, and a spare only adds a thread competing for the same
+    // CPUs: quick handlers that outrun the CPUs keep every worker busy
+    // without any being free, and grew the pool to `max_workers` before.
+    let mut able = running
+        .iter()
+        .filter(|&&index| !counters.worker(index).is_polling())
+        .count();
+    if able >= core.config.workers {
+        return 0;
+    }
     // Atomics first; the probe reads `/proc`, only for workers inside a
     // long poll, and only while there is room.
+    // A poll already compensated for is left out: without that, a worker
+    // blocked for 50 ms started a spare at every look (each millisecond)
+    // and the pool climbed to `max_workers` for a handful of slow calls.
     let long: Vec<usize> = running
         .iter()
         .copied()
         .filter(|&index| counters.polling_for(index) >= Some(BLOCKED_AFTER))
+        .filter(|&index| compensated[index] != counters.poll_started(index))
         .collect();
     if long.is_empty() {
         return 0;
@@ -253,13 +281,22 @@ fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>) -> usize {
     spares.stalls.fetch_add(1, Relaxed);
     let room = spares.ceiling.load(SeqCst).saturating_sub(running.len());
     let wanted = shared.len().min(room);
-    let blocked = long
+    let blocked: Vec<usize> = long
         .iter()
-        .filter(|&&index| counters.blocked(index))
-        .take(wanted)
-        .count();
+        .copied()
+        .filter(|&index| counters.blocked(index))
+        .collect();
+    able += long.len() - blocked.len();
+    if able >= core.config.workers {
+        return 0;
+    }
+    let blocked = blocked.into_iter().take(wanted);
     let mut started = 0;
-    while started < blocked && start(core, shared, running.len() + started) {
+    for index in blocked {
+        if !start(core, shared, running.len() + started) {
+            break;
+        }
+        compensated[index] = counters.poll_started(index);
         started += 1;
     }
     started
