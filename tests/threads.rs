@@ -240,6 +240,8 @@ async fn one_instance_per_worker_not_per_request() {
 async fn each_wrapped_service_has_one_instance_per_worker() {
     let layer = ThreadAffinityLayer::builder()
         .workers(2)
+        // Two threads exactly: a spare would be a third instance.
+        .max_workers(2)
         .thread_name("two-services")
         .build();
     let (a, _a_dropped) = Counted::new("a");

@@ -346,6 +346,10 @@ async fn concurrency_limit_bounds_requests_in_flight() {
         probe.ready().now_or_never().is_none(),
         "a third caller was ready"
     );
+    // Dropped now: its pending acquire holds a place in the semaphore's
+    // queue, and a permit handed to it (ahead of a caller spawned above
+    // that had not polled yet) would never reach a caller.
+    drop(probe);
     // ...and a `LoadShed` above sheds it.
     let shed = ServiceBuilder::new()
         .load_shed()
