@@ -53,6 +53,8 @@ const LIMIT: usize = 2;
 const STUCK_ROUNDS: u64 = 20;
 /// The stuck pool's `queue_timeout`.
 const QUEUE_TIMEOUT: Duration = Duration::from_millis(30);
+/// The body of the layer's queue-timeout 503.
+const QUEUE_TIMEOUT_TEXT: &str = "service overloaded: request waited too long for a worker\n";
 /// The leak check compares the growth of resident memory over the second
 /// half of the soak with its growth over the first half. Queues and buffers
 /// are bounded, so memory plateaus: the first half takes the warm-up growth
@@ -74,6 +76,9 @@ struct Ledger {
     bodies_dropped: AtomicU64,
     wrong_thread_drops: AtomicU64,
     panics: AtomicU64,
+    /// Times the limited kind's inner service was not ready: a request
+    /// waited in a worker's readiness queue.
+    limited_waits: AtomicU64,
 }
 
 /// What a request asks for, derived from its index so that client and
@@ -258,14 +263,30 @@ type AppResponse = Response<Either<TrackedBody, Empty<Bytes>>>;
 fn limited(
     app: App,
     permits: Arc<Semaphore>,
-) -> ConcurrencyLimit<
+) -> CountWaits<
     impl tower::Service<
-            Request<Incoming>,
-            Response = AppResponse,
-            Error = Infallible,
-            Future = impl std::future::Future<Output = Result<AppResponse, Infallible>>,
-        > + Clone,
+        Request<Incoming>,
+        Response = AppResponse,
+        Error = Infallible,
+        Future = impl std::future::Future<Output = Result<AppResponse, Infallible>>,
+    >,
 > {
+    let ledger = app.ledger.clone();
+    CountWaits {
+        inner: ConcurrencyLimit::with_semaphore(paused(app), permits),
+        ledger,
+    }
+}
+
+/// `App` behind an async pause.
+fn paused(
+    app: App,
+) -> impl tower::Service<
+    Request<Incoming>,
+    Response = AppResponse,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<AppResponse, Infallible>>,
+> + Clone {
     let app = std::rc::Rc::new(app);
     let inner = tower::service_fn(move |request: Request<Incoming>| {
         let app = app.clone();
@@ -283,7 +304,31 @@ fn limited(
             Ok::<_, Infallible>(app.handle(request))
         }
     });
-    ConcurrencyLimit::with_semaphore(inner, permits)
+    inner
+}
+
+/// Counts the times its inner service is not ready.
+struct CountWaits<S> {
+    inner: S,
+    ledger: Arc<Ledger>,
+}
+
+impl<S: tower::Service<R>, R> tower::Service<R> for CountWaits<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        let ready = self.inner.poll_ready(cx);
+        if ready.is_pending() {
+            self.ledger.limited_waits.fetch_add(1, SeqCst);
+        }
+        ready
+    }
+
+    fn call(&mut self, request: R) -> S::Future {
+        self.inner.call(request)
+    }
 }
 
 /// Under chaos, every request gets exactly one outcome, the right one for
@@ -388,7 +433,7 @@ async fn soak() {
         done.unwrap();
     }
     let rss_end = rss();
-    let queued_ran = stuck_rounds.await.unwrap();
+    let (queued_ran, holds_timed_out) = stuck_rounds.await.unwrap();
 
     drop(client);
     stop.send(()).unwrap();
@@ -430,11 +475,22 @@ async fn soak() {
     );
     assert!(stats.workers().iter().all(|w| w.active() == 0), "{stats:?}");
 
+    // The limited kind did wait for readiness: with 2,000 such requests
+    // among 64 clients and 2 permits, some always find them taken.
+    assert!(
+        ledger.limited_waits.load(SeqCst) > 0,
+        "the limit never applied"
+    );
+
     // Every request queued behind a stuck handler was answered with the
     // queue-timeout 503 (checked in `run_stuck`), counted once, and never
     // ran; every stuck handler finished; the stuck worker was not lost.
     assert_eq!(queued_ran, 0, "a withdrawn request ran");
-    assert_eq!(stuck_stats.timed_out(), STUCK_ROUNDS, "{stuck_stats:?}");
+    assert_eq!(
+        stuck_stats.timed_out(),
+        STUCK_ROUNDS + holds_timed_out,
+        "{stuck_stats:?}"
+    );
     let stuck_worker = &stuck_stats.workers()[0];
     assert_eq!(stuck_worker.replaced(), 0, "{stuck_stats:?}");
     assert_eq!(stuck_worker.active(), 0, "{stuck_stats:?}");
@@ -612,20 +668,39 @@ fn stuck_pool() -> (
 
 /// Runs the stuck rounds beside the soak: a handler blocks the stuck pool's
 /// only worker, a request queued behind it gets the queue-timeout 503, then
-/// the handler is let go and answers. Returns how many queued requests ran.
+/// the handler is let go and answers. Returns how many queued requests ran,
+/// and how many holds timed out before they started.
 async fn run_stuck(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     addr: std::net::SocketAddr,
     mut gates: Gates,
-) -> u64 {
+) -> (u64, u64) {
     let post = |path: String| {
         Request::post(format!("http://{addr}/stuck/{path}"))
             .body(Full::new(Bytes::new()))
             .unwrap()
     };
+    let mut holds_timed_out = 0;
     for r in 0..STUCK_ROUNDS {
-        let hold = tokio::spawn(client.request(post(format!("hold/{r}"))));
-        assert_eq!(gates.started.recv().await, Some(r), "round {r}");
+        // Under the soak's load, the idle worker may take longer than
+        // `queue_timeout` to start the hold itself: that hold is answered
+        // the same 503, never runs, and is sent again.
+        let hold = loop {
+            let mut hold = tokio::spawn(client.request(post(format!("hold/{r}"))));
+            tokio::select! {
+                started = gates.started.recv() => {
+                    assert_eq!(started, Some(r), "round {r}");
+                    break hold;
+                }
+                answer = &mut hold => {
+                    let answer = answer.unwrap().unwrap();
+                    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE, "round {r}");
+                    let text = answer.into_body().collect().await.unwrap().to_bytes();
+                    assert_eq!(text, QUEUE_TIMEOUT_TEXT, "round {r}");
+                    holds_timed_out += 1;
+                }
+            }
+        };
         let queued = client.request(post(format!("queued/{r}"))).await.unwrap();
         assert_eq!(
             queued.status(),
@@ -633,15 +708,12 @@ async fn run_stuck(
             "round {r}"
         );
         let text = queued.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(
-            text, "service overloaded: request waited too long for a worker\n",
-            "round {r}"
-        );
+        assert_eq!(text, QUEUE_TIMEOUT_TEXT, "round {r}");
         gates.release.send(()).unwrap();
         let held = hold.await.unwrap().unwrap();
         assert_eq!(held.status(), StatusCode::OK, "round {r}");
         let text = held.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(text, format!("held {r}"), "round {r}");
     }
-    gates.queued_ran.load(SeqCst)
+    (gates.queued_ran.load(SeqCst), holds_timed_out)
 }
