@@ -261,8 +261,10 @@
 //!
 //! A panic in the inner service, its future or its body fails only that
 //! request: `500 Internal Server Error` before the head is sent, a body
-//! error ([`error::Panicked`]) after. The worker keeps serving. A panic that
-//! escapes anyway (in a panic payload's `Drop`, say) is counted; inside a
+//! error ([`error::Panicked`]) after. The worker keeps serving. A panic in
+//! the `Drop` of a body, a future or a service instance is caught on the
+//! worker and counted in [`stats::WorkerStats::panicked`]; the response it belonged
+//! to stands. A panic that escapes anyway (in a panic payload's `Drop`, say) is counted; inside a
 //! request's first poll it ends the thread, after one guarded cleanup and
 //! the stop hook, and a fresh thread replaces it (services rebuilt there on
 //! first use); inside a later poll it ends only that request.

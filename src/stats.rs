@@ -174,7 +174,8 @@ impl WorkerStats {
         self.completed
     }
 
-    /// Panics caught in the inner service, its futures and bodies.
+    /// Panics caught in the inner service, its futures and bodies,
+    /// including in their `Drop`s.
     pub fn panicked(&self) -> u64 {
         self.panicked
     }

@@ -1,8 +1,12 @@
 //! A chaos soak over real HTTP/1.1 on loopback: 20,000 requests from 64
 //! concurrent clients, mixing quick answers, streamed bodies, inner panics
 //! (before and after the head), clients that drop mid-stream, slow readers
-//! and request bodies of random sizes. Bounded in count and time; it stops
-//! by itself.
+//! and request bodies of random sizes, and an inner service that applies
+//! backpressure (`ConcurrencyLimit` inside the layer, its permits shared by
+//! the workers). Beside it, on a pool of one stuck worker, handlers that
+//! block past `queue_timeout` while requests queue behind them: those are
+//! withdrawn by their callers and must never run. Bounded in count and
+//! time; it stops by itself.
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -23,8 +27,11 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tower::limit::ConcurrencyLimit;
+use tower::ServiceExt;
 use tower_affinity::blocking::{self, BodyReader};
-use tower_affinity::{ThreadAffinityLayer, WorkerId};
+use tower_affinity::{Layer, ThreadAffinityLayer, WorkerId};
 
 mod common;
 
@@ -37,6 +44,17 @@ mod hyper_server;
 const REQUESTS: u64 = 20_000;
 const CLIENTS: u64 = 64;
 const TIME_LIMIT: Duration = Duration::from_secs(240);
+/// Requests of the limited kind in flight on the inner service at once,
+/// across both workers (and spares): fewer than the workers hold, so that
+/// requests wait in each worker's readiness queue.
+const LIMIT: usize = 2;
+/// Rounds of a handler stuck past `queue_timeout` with a request queued
+/// behind it.
+const STUCK_ROUNDS: u64 = 20;
+/// The stuck pool's `queue_timeout`.
+const QUEUE_TIMEOUT: Duration = Duration::from_millis(30);
+/// The body of the layer's queue-timeout 503.
+const QUEUE_TIMEOUT_TEXT: &str = "service overloaded: request waited too long for a worker\n";
 /// The leak check compares the growth of resident memory over the second
 /// half of the soak with its growth over the first half. Queues and buffers
 /// are bounded, so memory plateaus: the first half takes the warm-up growth
@@ -58,6 +76,9 @@ struct Ledger {
     bodies_dropped: AtomicU64,
     wrong_thread_drops: AtomicU64,
     panics: AtomicU64,
+    /// Times the limited kind's inner service was not ready: a request
+    /// waited in a worker's readiness queue.
+    limited_waits: AtomicU64,
 }
 
 /// What a request asks for, derived from its index so that client and
@@ -72,6 +93,9 @@ enum Kind {
     Dropped,
     /// A stream read slowly.
     Slow,
+    /// A stream from the inner service behind a `ConcurrencyLimit`, whose
+    /// future waits a little while it holds its permit.
+    Limited,
 }
 
 fn kind(i: u64) -> Kind {
@@ -81,6 +105,7 @@ fn kind(i: u64) -> Kind {
         1..=5 => Kind::Dropped,
         6..=10 => Kind::Slow,
         11..=30 => Kind::Stream,
+        31..=40 => Kind::Limited,
         _ => Kind::Quick,
     }
 }
@@ -182,8 +207,15 @@ impl Drop for App {
 }
 
 impl App {
-    fn handle(&self, request: Request<Incoming>) -> Response<Either<TrackedBody, Empty<Bytes>>> {
-        let i: u64 = request.uri().path()[1..].parse().unwrap();
+    fn handle(&self, request: Request<Incoming>) -> AppResponse {
+        let i: u64 = request
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         let mut upload = Vec::new();
         let read = BodyReader::new(request.into_body()).read_to_end(&mut upload);
         if read.is_err() {
@@ -221,6 +253,82 @@ enum Outcome {
     InternalError,
     BodyError,
     DroppedByClient,
+}
+
+/// What `App` answers.
+type AppResponse = Response<Either<TrackedBody, Empty<Bytes>>>;
+
+/// The limited kind's inner service on one worker: `App` behind an async
+/// pause, behind a `ConcurrencyLimit` whose permits all workers share.
+fn limited(
+    app: App,
+    permits: Arc<Semaphore>,
+) -> CountWaits<
+    impl tower::Service<
+        Request<Incoming>,
+        Response = AppResponse,
+        Error = Infallible,
+        Future = impl std::future::Future<Output = Result<AppResponse, Infallible>>,
+    >,
+> {
+    let ledger = app.ledger.clone();
+    CountWaits {
+        inner: ConcurrencyLimit::with_semaphore(paused(app), permits),
+        ledger,
+    }
+}
+
+/// `App` behind an async pause.
+fn paused(
+    app: App,
+) -> impl tower::Service<
+    Request<Incoming>,
+    Response = AppResponse,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<AppResponse, Infallible>>,
+> + Clone {
+    let app = std::rc::Rc::new(app);
+    let inner = tower::service_fn(move |request: Request<Incoming>| {
+        let app = app.clone();
+        async move {
+            let i: u64 = request
+                .uri()
+                .path()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            // Hold the permit across a real wait, so that others queue.
+            tokio::time::sleep(Duration::from_micros(mix(i ^ 0x5eed) % 2000)).await;
+            Ok::<_, Infallible>(app.handle(request))
+        }
+    });
+    inner
+}
+
+/// Counts the times its inner service is not ready.
+struct CountWaits<S> {
+    inner: S,
+    ledger: Arc<Ledger>,
+}
+
+impl<S: tower::Service<R>, R> tower::Service<R> for CountWaits<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        let ready = self.inner.poll_ready(cx);
+        if ready.is_pending() {
+            self.ledger.limited_waits.fetch_add(1, SeqCst);
+        }
+        ready
+    }
+
+    fn call(&mut self, request: R) -> S::Future {
+        self.inner.call(request)
+    }
 }
 
 /// Under chaos, every request gets exactly one outcome, the right one for
@@ -263,11 +371,34 @@ async fn soak() {
         };
         blocking::service_fn(move |request| app.handle(request))
     });
+    let made = ledger.clone();
+    let permits = Arc::new(Semaphore::new(LIMIT));
+    let backpressured = layer.service_with(move |_: WorkerId| {
+        made.services_made.fetch_add(1, SeqCst);
+        let app = App {
+            born: thread::current().id(),
+            ledger: made.clone(),
+        };
+        limited(app, permits.clone())
+    });
+    let (stuck_layer, stuck, gates) = stuck_pool();
+    let router = tower::service_fn(move |request: Request<Incoming>| {
+        let path = request.uri().path();
+        let answer: Pin<Box<dyn std::future::Future<Output = _> + Send>> =
+            if path.starts_with("/limited/") {
+                Box::pin(backpressured.clone().oneshot(request))
+            } else if path.starts_with("/stuck/") {
+                Box::pin(stuck.clone().oneshot(request))
+            } else {
+                Box::pin(service.clone().oneshot(request))
+            };
+        answer
+    });
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(hyper_server::serve(listener, service, async {
+    let server = tokio::spawn(hyper_server::serve(listener, router, async {
         let _ = stopped.await;
     }));
 
@@ -282,6 +413,8 @@ async fn soak() {
     let done = Arc::new(AtomicU64::new(0));
     let rss_half = Arc::new(OnceLock::new());
     let mut clients = tokio::task::JoinSet::new();
+    let stuck_client = client.clone();
+    let stuck_rounds = tokio::spawn(async move { run_stuck(&stuck_client, addr, gates).await });
     for c in 0..CLIENTS {
         let (client, outcomes) = (client.clone(), outcomes.clone());
         let (done, rss_half) = (done.clone(), rss_half.clone());
@@ -300,6 +433,7 @@ async fn soak() {
         done.unwrap();
     }
     let rss_end = rss();
+    let (queued_ran, holds_timed_out) = stuck_rounds.await.unwrap();
 
     drop(client);
     stop.send(()).unwrap();
@@ -309,12 +443,15 @@ async fn soak() {
     layer.shutdown().await;
     let stats = layer.stats();
     drop(layer);
+    stuck_layer.shutdown().await;
+    let stuck_stats = stuck_layer.stats();
+    drop(stuck_layer);
 
     // Exactly one outcome per request, the right one for its kind.
     let outcomes = outcomes.lock().unwrap();
     for (i, outcome) in outcomes.iter().enumerate() {
         let expected = match kind(i as u64) {
-            Kind::Quick | Kind::Stream | Kind::Slow => Outcome::Exact,
+            Kind::Quick | Kind::Stream | Kind::Slow | Kind::Limited => Outcome::Exact,
             Kind::PanicBeforeHead => Outcome::InternalError,
             Kind::PanicMidStream => Outcome::BodyError,
             Kind::Dropped => Outcome::DroppedByClient,
@@ -338,10 +475,32 @@ async fn soak() {
     );
     assert!(stats.workers().iter().all(|w| w.active() == 0), "{stats:?}");
 
-    // Everything made was dropped, on its own thread: one service per core
-    // worker, and one per spare that served.
+    // The limited kind did wait for readiness: with 2,000 such requests
+    // among 64 clients and 2 permits, some always find them taken.
+    assert!(
+        ledger.limited_waits.load(SeqCst) > 0,
+        "the limit never applied"
+    );
+
+    // Every request queued behind a stuck handler was answered with the
+    // queue-timeout 503 (checked in `run_stuck`), counted once, and never
+    // ran; every stuck handler finished; the stuck worker was not lost.
+    assert_eq!(queued_ran, 0, "a withdrawn request ran");
+    assert_eq!(
+        stuck_stats.timed_out(),
+        STUCK_ROUNDS + holds_timed_out,
+        "{stuck_stats:?}"
+    );
+    let stuck_worker = &stuck_stats.workers()[0];
+    assert_eq!(stuck_worker.replaced(), 0, "{stuck_stats:?}");
+    assert_eq!(stuck_worker.active(), 0, "{stuck_stats:?}");
+    // Withdrawn jobs are dropped unstarted: only the stuck handlers ran.
+    assert_eq!(stuck_worker.completed(), STUCK_ROUNDS, "{stuck_stats:?}");
+
+    // Everything made was dropped, on its own thread: two services per core
+    // worker, and one or two per spare that served.
     let made = ledger.services_made.load(SeqCst);
-    assert!(made >= 2, "{made}");
+    assert!(made >= 4, "{made}");
     assert_eq!(ledger.services_dropped.load(SeqCst), made);
     assert_eq!(
         ledger.bodies_made.load(SeqCst),
@@ -368,7 +527,12 @@ async fn run_one(
 ) -> Outcome {
     let body = upload(i);
     let sum = checksum(&body);
-    let request = Request::post(format!("http://{addr}/{i}"))
+    let path = if kind(i) == Kind::Limited {
+        "limited/"
+    } else {
+        ""
+    };
+    let request = Request::post(format!("http://{addr}/{path}{i}"))
         .body(Full::new(Bytes::from(body)))
         .unwrap();
     let response = match client.request(request).await {
@@ -444,4 +608,112 @@ fn aborted_mid_body(error: &hyper::Error) -> bool {
         .source()
         .and_then(|source| source.downcast_ref::<std::io::Error>())
         .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+}
+
+/// The two ends of the stuck pool's gates: the test hears when a stuck
+/// handler has started, and lets it go.
+struct Gates {
+    started: mpsc::UnboundedReceiver<u64>,
+    release: std::sync::mpsc::Sender<()>,
+    /// Requests that ran although they were queued behind a stuck handler.
+    queued_ran: Arc<AtomicU64>,
+}
+
+/// One worker, no spares, and a short `queue_timeout`: `/stuck/hold/r`
+/// blocks its worker until the test lets it go; `/stuck/queued/r` must
+/// never run.
+fn stuck_pool() -> (
+    ThreadAffinityLayer,
+    impl tower::Service<
+            Request<Incoming>,
+            Response = Response<tower_affinity::ThreadAffinityBody>,
+            Error = Infallible,
+            Future = impl Send,
+        > + Clone
+        + Send
+        + 'static,
+    Gates,
+) {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(1)
+        .queue_timeout(QUEUE_TIMEOUT)
+        .thread_name("stuck")
+        .build();
+    let (started_tx, started) = mpsc::unbounded_channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = Arc::new(Mutex::new(released));
+    let queued_ran = Arc::new(AtomicU64::new(0));
+    let ran = queued_ran.clone();
+    let service = layer.layer(blocking::service_fn(move |request: Request<Incoming>| {
+        let path = request.uri().path();
+        let r: u64 = path.rsplit('/').next().unwrap().parse().unwrap();
+        if path.starts_with("/stuck/hold/") {
+            started_tx.send(r).unwrap();
+            // Blocks its worker past `queue_timeout`, until the request
+            // queued behind it has had its 503.
+            released.lock().unwrap().recv().unwrap();
+        } else {
+            ran.fetch_add(1, SeqCst);
+        }
+        Response::new(Full::new(Bytes::from(format!("held {r}"))))
+    }));
+    let gates = Gates {
+        started,
+        release,
+        queued_ran,
+    };
+    (layer, service, gates)
+}
+
+/// Runs the stuck rounds beside the soak: a handler blocks the stuck pool's
+/// only worker, a request queued behind it gets the queue-timeout 503, then
+/// the handler is let go and answers. Returns how many queued requests ran,
+/// and how many holds timed out before they started.
+async fn run_stuck(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    addr: std::net::SocketAddr,
+    mut gates: Gates,
+) -> (u64, u64) {
+    let post = |path: String| {
+        Request::post(format!("http://{addr}/stuck/{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let mut holds_timed_out = 0;
+    for r in 0..STUCK_ROUNDS {
+        // Under the soak's load, the idle worker may take longer than
+        // `queue_timeout` to start the hold itself: that hold is answered
+        // the same 503, never runs, and is sent again.
+        let hold = loop {
+            let mut hold = tokio::spawn(client.request(post(format!("hold/{r}"))));
+            tokio::select! {
+                started = gates.started.recv() => {
+                    assert_eq!(started, Some(r), "round {r}");
+                    break hold;
+                }
+                answer = &mut hold => {
+                    let answer = answer.unwrap().unwrap();
+                    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE, "round {r}");
+                    let text = answer.into_body().collect().await.unwrap().to_bytes();
+                    assert_eq!(text, QUEUE_TIMEOUT_TEXT, "round {r}");
+                    holds_timed_out += 1;
+                }
+            }
+        };
+        let queued = client.request(post(format!("queued/{r}"))).await.unwrap();
+        assert_eq!(
+            queued.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "round {r}"
+        );
+        let text = queued.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(text, QUEUE_TIMEOUT_TEXT, "round {r}");
+        gates.release.send(()).unwrap();
+        let held = hold.await.unwrap().unwrap();
+        assert_eq!(held.status(), StatusCode::OK, "round {r}");
+        let text = held.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(text, format!("held {r}"), "round {r}");
+    }
+    (gates.queued_ran.load(SeqCst), holds_timed_out)
 }

@@ -265,7 +265,8 @@ async fn panic_in_a_later_is_end_stream_before_the_head_is_a_500() {
 
 /// A panic in the `Drop` of a body that was read to its end does not spoil
 /// the response: both frames and a clean end arrive, the drop ran on the
-/// worker, and the same worker serves on (no replacement).
+/// worker, the panic is counted once, and the same worker serves on (no
+/// replacement).
 #[tokio::test]
 async fn panic_in_the_body_drop_leaves_the_response_and_the_worker() {
     let (trap, log) = Trap::new();
@@ -277,9 +278,7 @@ async fn panic_in_the_body_drop_leaves_the_response_and_the_worker() {
     assert_eq!(next_data(&mut body).await, "two");
     assert!(next_frame(&mut body).await.is_none(), "a clean end");
     assert_serves(&mut svc).await;
-    // Not `panicked`: a panic in a drop is caught but not counted today.
-    let (_, replaced) = counts(&layer);
-    assert_eq!(replaced, 0, "the same thread serves on");
+    assert_eq!(counts(&layer), (1, 0), "(panicked, replaced)");
     let steps = assert_all_on(&log, "trap-0");
     assert_eq!(steps[..3], ["call", "drop future", "drop body"]);
 }
@@ -296,9 +295,7 @@ async fn panic_in_the_future_drop_leaves_the_response_and_the_worker() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(collect(response.into_body()).await, "onetwo");
     assert_serves(&mut svc).await;
-    // Not `panicked`: a panic in a drop is caught but not counted today.
-    let (_, replaced) = counts(&layer);
-    assert_eq!(replaced, 0, "the same thread serves on");
+    assert_eq!(counts(&layer), (1, 0), "(panicked, replaced)");
     let steps = assert_all_on(&log, "trap-0");
     assert_eq!(steps[..3], ["call", "drop future", "drop body"]);
 }
@@ -392,35 +389,37 @@ async fn panic_in_clone_is_a_500_and_the_next_call_clones_again() {
     assert_all_on(&log, "trap-0");
 }
 
+/// A service whose instance reports where it is dropped, and panics in
+/// its `Drop` when named "panics".
+struct Dropper {
+    name: &'static str,
+    dropped: std_mpsc::Sender<(&'static str, String)>,
+}
+impl Service<Request<()>> for Dropper {
+    type Response = Response<String>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<String>, Infallible>>;
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _request: Request<()>) -> Self::Future {
+        std::future::ready(Ok(Response::new(self.name.to_owned())))
+    }
+}
+impl Drop for Dropper {
+    fn drop(&mut self) {
+        let _ = self.dropped.send((self.name, thread_name()));
+        if self.name == "panics" {
+            panic!("boom in the service's drop");
+        }
+    }
+}
+
 /// A service instance whose `Drop` panics at shutdown does not stop the
 /// worker from dropping its other instance, on that worker, nor shutdown
-/// from completing.
+/// from completing; the panic is counted once.
 #[tokio::test]
 async fn panic_in_a_service_instance_drop_at_shutdown() {
-    struct Dropper {
-        name: &'static str,
-        dropped: std_mpsc::Sender<(&'static str, String)>,
-    }
-    impl Service<Request<()>> for Dropper {
-        type Response = Response<String>;
-        type Error = Infallible;
-        type Future = std::future::Ready<Result<Response<String>, Infallible>>;
-        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-            Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, _request: Request<()>) -> Self::Future {
-            std::future::ready(Ok(Response::new(self.name.to_owned())))
-        }
-    }
-    impl Drop for Dropper {
-        fn drop(&mut self) {
-            let _ = self.dropped.send((self.name, thread_name()));
-            if self.name == "panics" {
-                panic!("boom in the service's drop");
-            }
-        }
-    }
-
     let (dropped, drops) = std_mpsc::channel();
     let layer = one_worker();
     let mut services = Vec::new();
@@ -446,4 +445,37 @@ async fn panic_in_a_service_instance_drop_at_shutdown() {
             ("panics", "trap-0".to_owned())
         ]
     );
+    assert_eq!(counts(&layer), (1, 0), "(panicked, replaced)");
+}
+
+/// A service instance whose `Drop` panics when its last handle is dropped
+/// (while the pool runs) is dropped on its worker, the panic is counted
+/// once, and the worker serves on.
+#[tokio::test]
+async fn panic_in_a_retired_service_instance_drop_is_counted() {
+    let (dropped, drops) = std_mpsc::channel();
+    let layer = one_worker();
+    let sender = Mutex::new(dropped);
+    let mut svc = layer.service_with(move |_| Dropper {
+        name: "panics",
+        dropped: sender.lock().unwrap().clone(),
+    });
+    let response = send(&mut svc, get("/")).await;
+    assert_eq!(collect(response.into_body()).await, "panics");
+    drop(svc);
+
+    let (trap, _log) = Trap::new();
+    let mut other = layer.layer(trap);
+    // The worker sweeps before it takes a job: once the drop is seen, the
+    // next answer comes after the sweep (and its count) ended.
+    let seen = within(
+        "the instance's drop",
+        tokio::task::spawn_blocking(move || drops.recv()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(seen, ("panics", "trap-0".to_owned()));
+    assert_serves(&mut other).await;
+    assert_eq!(counts(&layer), (1, 0), "(panicked, replaced)");
 }

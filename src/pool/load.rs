@@ -31,6 +31,11 @@ impl Load {
         self.core.counters.worker(self.index)
     }
 
+    /// Counts a panic caught on this worker.
+    pub(crate) fn panicked(&self) {
+        self.counters().panicked.fetch_add(1, Relaxed);
+    }
+
     /// How many requests are active now.
     pub(crate) fn active(&self) -> usize {
         self.counters().active.load(Relaxed)
@@ -66,7 +71,7 @@ impl Active {
 
     /// Counts a panic caught while serving this request.
     pub(crate) fn panicked(&self) {
-        self.0.counters().panicked.fetch_add(1, Relaxed);
+        self.0.panicked();
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 
 use super::load::Load;
-use super::unwind::guard;
+use super::unwind::{drop_guarded, CountsDropPanics};
 use super::{Core, Envelope};
 use crate::error::Failure;
 use crate::{trace, WorkerId};
@@ -37,11 +37,15 @@ pub(crate) struct WorkerState {
     // The pool's count of retired services when this worker last swept.
     swept: Cell<u64>,
     pub(super) load: Rc<Load>,
+    // Panics caught in a `Drop` on this thread count for this worker while
+    // the state lives: to the end of `run`, past `drop_services`.
+    _counts: CountsDropPanics,
 }
 
 impl WorkerState {
     pub(super) fn new(id: WorkerId, core: Arc<Core>) -> Self {
         let load = Load::new(core.clone(), id.index());
+        let counts = CountsDropPanics::new(load.clone());
         Self {
             spare: id.index() >= core.config.workers,
             id,
@@ -49,6 +53,7 @@ impl WorkerState {
             services: RefCell::default(),
             swept: Cell::new(0),
             load,
+            _counts: counts,
         }
     }
 
@@ -103,7 +108,7 @@ impl WorkerState {
         // Outside the borrow: a `Drop` may panic, or (in user code) reach
         // back into this worker.
         for kept in gone {
-            let _ = guard(move || drop(kept));
+            drop_guarded(kept);
         }
     }
 
@@ -175,7 +180,7 @@ impl WorkerState {
     /// Drops every service instance on this thread, one panic at a time.
     pub(super) fn drop_services(&self) {
         for (_, instance) in self.services.take() {
-            let _ = guard(move || drop(instance));
+            drop_guarded(instance);
         }
     }
 }

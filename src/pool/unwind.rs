@@ -5,18 +5,68 @@
 //! fails one request instead of unwinding through the worker's event loop.
 //! A panicked value is never polled again; it is only dropped, also inside
 //! `catch_unwind`.
+//!
+//! A panic caught in a `Drop` has no request to fail, but it is counted
+//! in the worker's `panicked`, as the docs promise for panics in bodies,
+//! futures and instances: the thread's worker is found through a
+//! thread-local set for the worker's lifetime (read only on a panic, so the
+//! common path pays nothing).
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::load::Load;
 use crate::body::bytes_frame;
 use crate::error::{BoxError, Panicked};
+
+thread_local! {
+    /// The load (and so the `panicked` counter) of the worker running on
+    /// this thread; `None` off the workers.
+    static WORKER: RefCell<Option<Rc<Load>>> = const { RefCell::new(None) };
+}
+
+/// Makes panics caught in a `Drop` on this thread count for the worker of
+/// `load`, until it is dropped.
+pub(crate) struct CountsDropPanics(());
+
+impl CountsDropPanics {
+    pub(crate) fn new(load: Rc<Load>) -> Self {
+        WORKER.with(|worker| *worker.borrow_mut() = Some(load));
+        Self(())
+    }
+}
+
+impl Drop for CountsDropPanics {
+    fn drop(&mut self) {
+        // `try_with`: this may run while the thread's locals are torn down.
+        let _ = WORKER.try_with(|worker| worker.borrow_mut().take());
+    }
+}
+
+/// Drops `value` now, on this thread; a panic in its `Drop` is caught and
+/// counted for this thread's worker.
+pub(crate) fn drop_guarded<T>(value: T) {
+    if guard(move || drop(value)).is_err() {
+        count_panic();
+    }
+}
+
+/// Counts a panic caught on this thread for its worker, if it is one.
+fn count_panic() {
+    let _ = WORKER.try_with(|worker| {
+        if let Some(load) = &*worker.borrow() {
+            load.panicked();
+        }
+    });
+}
 
 /// Runs `f`, turning a panic into [`Panicked`].
 pub(crate) fn guard<T>(f: impl FnOnce() -> T) -> Result<T, Panicked> {
@@ -47,10 +97,13 @@ impl<T> Guarded<T> {
         Self { inner: Some(inner) }
     }
 
-    /// Drops the value now, on this thread, catching a panic in its `Drop`.
+    /// Drops the value now, on this thread, catching (and counting) a
+    /// panic in its `Drop`.
     pub(crate) fn clear(self: Pin<&mut Self>) {
         let mut inner = self.project().inner;
-        let _ = guard(move || inner.set(None));
+        if guard(move || inner.set(None)).is_err() {
+            count_panic();
+        }
     }
 }
 
