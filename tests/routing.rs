@@ -315,7 +315,11 @@ async fn hooks_run_on_worker_threads() {
 /// all complete on the other worker before the long one ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unkeyed_requests_go_to_the_worker_with_room() {
-    let layer = ThreadAffinityLayer::new(2);
+    // No spare: the quick requests must all go to the one worker with room.
+    let layer = ThreadAffinityLayer::builder()
+        .workers(2)
+        .max_workers(2)
+        .build();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let release_rx = Arc::new(Mutex::new(release_rx));
     let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<()>();

@@ -106,7 +106,9 @@ async fn the_queue_timeout_holds_while_the_only_worker_is_stuck() {
         .workers(1)
         // No spare: every worker stays stuck.
         .max_workers(1)
-        .queue_timeout(Duration::from_millis(50))
+        // Long enough for the idle worker to start `/block` on a loaded
+        // machine: a `/block` withdrawn before it starts would hang the test.
+        .queue_timeout(Duration::from_millis(500))
         .build();
     let (svc, mut stuck) = stuck_service(&layer);
     let blocked = tokio::spawn(svc.clone().oneshot(get("/block")));
@@ -139,7 +141,9 @@ async fn a_started_request_outlives_its_queue_timeout() {
         .workers(1)
         // No spare: every worker stays stuck.
         .max_workers(1)
-        .queue_timeout(Duration::from_millis(20))
+        // Long enough for the idle worker to start `/block` on a loaded
+        // machine (see above).
+        .queue_timeout(Duration::from_millis(500))
         .build();
     let (svc, mut stuck) = stuck_service(&layer);
     let blocked = tokio::spawn(svc.clone().oneshot(get("/block")));
