@@ -168,6 +168,13 @@ impl Spares {
         }
     }
 
+    /// Spares running now (started and not yet retired), roughly: two
+    /// relaxed loads, for the idle worker's choice to spin.
+    pub(crate) fn running(&self) -> u64 {
+        let started = self.started.load(Relaxed);
+        started.saturating_sub(self.retired.load(Relaxed))
+    }
+
     pub(crate) fn keep_alive(&self) -> Duration {
         self.keep_alive
     }

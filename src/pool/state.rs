@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
+use std::thread;
 
 use super::load::Load;
 use super::unwind::{drop_guarded, CountsDropPanics};
@@ -37,6 +38,8 @@ pub(crate) struct WorkerState {
     // The pool's count of retired services when this worker last swept.
     swept: Cell<u64>,
     pub(super) load: Rc<Load>,
+    /// The machine's cores, for the idle worker's choice to spin.
+    pub(super) cores: u64,
     // Panics caught in a `Drop` on this thread count for this worker while
     // the state lives: to the end of `run`, past `drop_services`.
     _counts: CountsDropPanics,
@@ -53,6 +56,7 @@ impl WorkerState {
             services: RefCell::default(),
             swept: Cell::new(0),
             load,
+            cores: thread::available_parallelism().map_or(1, |n| n.get() as u64),
             _counts: counts,
         }
     }
