@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Creates a channel holding at most `capacity` items.
 pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(Chan {
         state: Mutex::new(State {
             queue: VecDeque::with_capacity(capacity),
             capacity,
@@ -54,7 +54,7 @@ pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     )
 }
 
-struct Shared<T> {
+struct Chan<T> {
     state: Mutex<State<T>>,
 }
 
@@ -72,7 +72,7 @@ struct State<T> {
     writer_gone: bool,
 }
 
-impl<T> Shared<T> {
+impl<T> Chan<T> {
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         // Nothing here panics while holding the lock; a poisoned lock still
         // holds consistent state.
@@ -82,7 +82,7 @@ impl<T> Shared<T> {
 
 /// The worker's end.
 pub(crate) struct Sender<T> {
-    shared: Arc<Shared<T>>,
+    shared: Arc<Chan<T>>,
 }
 
 /// The reader went away.
@@ -179,7 +179,7 @@ impl<T> Drop for Sender<T> {
 
 /// The body's end.
 pub(crate) struct Receiver<T> {
-    shared: Arc<Shared<T>>,
+    shared: Arc<Chan<T>>,
 }
 
 impl<T> Receiver<T> {

@@ -40,8 +40,8 @@ use crate::{Overload, ThreadAffinityBody, WorkerId};
 /// [`ThreadAffinityLayer::layer`]: crate::ThreadAffinityLayer
 /// [`ThreadAffinityLayer::service_with`]: crate::ThreadAffinityLayer::service_with
 pub struct ThreadAffinity<S> {
-    shared: Arc<Shared<S>>,
-    // Not in `Shared`: queued jobs hold that, and must not keep the pool
+    shared: Arc<Wrapped<S>>,
+    // Not in `Wrapped`: queued jobs hold that, and must not keep the pool
     // (and so its queues) open after the last handle is gone.
     pool: Pool,
     admission: PollSemaphore,
@@ -52,9 +52,9 @@ pub struct ThreadAffinity<S> {
 /// Builds a worker's instance of the inner service, on that worker.
 type Factory<S> = Box<dyn Fn(WorkerId) -> S + Send + Sync>;
 
-/// What every clone of one `ThreadAffinity`, and each of its queued jobs,
-/// shares.
-pub(crate) struct Shared<S> {
+/// The wrapped service as every clone of one `ThreadAffinity`, and each of
+/// its queued jobs, shares it: its id and how a worker makes its instance.
+pub(crate) struct Wrapped<S> {
     id: u64,
     factory: Factory<S>,
     // Told when the last handle and queued job are gone, so that each
@@ -63,13 +63,13 @@ pub(crate) struct Shared<S> {
     core: Arc<Core>,
 }
 
-impl<S> Drop for Shared<S> {
+impl<S> Drop for Wrapped<S> {
     fn drop(&mut self) {
         self.core.retire_service();
     }
 }
 
-impl<S> Shared<S> {
+impl<S> Wrapped<S> {
     pub(crate) fn id(&self) -> u64 {
         self.id
     }
@@ -105,7 +105,7 @@ impl<S> ThreadAffinity<S> {
         Self {
             admission: PollSemaphore::new(pool.admission()),
             permit: None,
-            shared: Arc::new(Shared {
+            shared: Arc::new(Wrapped {
                 id: pool.next_service_id(),
                 factory: Box::new(factory),
                 core: pool.core().clone(),

@@ -27,14 +27,14 @@ use crate::body::Msg;
 use crate::error::{BoxError, Failure};
 use crate::future::Reply;
 use crate::reply::{ReplyReceiver, ReplySender, Slot};
-use crate::service::Shared;
+use crate::service::Wrapped;
 use crate::trace::{self, Span};
 use crate::ThreadAffinityBody;
 
 /// A request for the service behind `shared`: the payload of its reply
 /// slot, which the queue carries as the job.
 pub(crate) struct Call<S, B> {
-    shared: Arc<Shared<S>>,
+    shared: Arc<Wrapped<S>>,
     request: Request<B>,
     span: Span,
 }
@@ -43,7 +43,7 @@ impl<S, B> Call<S, B> {
     /// The job to queue and the caller's end of its reply, in one
     /// allocation.
     pub(crate) fn queue<ResBody>(
-        shared: Arc<Shared<S>>,
+        shared: Arc<Wrapped<S>>,
         request: Request<B>,
     ) -> (JobHandle, ReplyReceiver<Reply<S::Error>>)
     where
@@ -51,7 +51,7 @@ impl<S, B> Call<S, B> {
         S::Future: 'static,
         S::Error: Send + 'static,
         B: Send + 'static,
-        Shared<S>: Send + Sync,
+        Wrapped<S>: Send + Sync,
         ResBody: Body + 'static,
         ResBody::Error: Into<BoxError>,
     {
@@ -71,7 +71,7 @@ where
     S::Future: 'static,
     S::Error: Send + 'static,
     B: Send + 'static,
-    Shared<S>: Send + Sync,
+    Wrapped<S>: Send + Sync,
     ResBody: Body + 'static,
     ResBody::Error: Into<BoxError>,
 {
@@ -150,7 +150,7 @@ async fn serve<S, B, ResBody>(
     ResBody::Error: Into<BoxError>,
 {
     let deadline = limits.deadline.map(|deadline| Instant::now() + deadline);
-    let Some((future, reply)) = call(service, request, reply, &active).await else {
+    let Some((future, reply)) = ready_and_call(service, request, reply, &active).await else {
         return;
     };
     let Some((response, reply)) = respond(future, reply, &active).await else {
@@ -165,7 +165,7 @@ async fn serve<S, B, ResBody>(
 
 /// Waits for its turn and for the service to be ready, and calls it;
 /// `None` if the request was answered (error, panic) or cancelled meanwhile.
-async fn call<S, B>(
+async fn ready_and_call<S, B>(
     service: Instance<S>,
     request: Request<B>,
     mut reply: ReplySender<Reply<S::Error>>,
