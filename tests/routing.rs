@@ -223,6 +223,9 @@ async fn factory_rc_refcell_counts_per_worker() {
 async fn factory_runs_once_per_worker_on_it() {
     let layer = ThreadAffinityLayer::builder()
         .workers(2)
+        // Two threads exactly: a spare started while one worker waits at
+        // the barrier would run the factory a third time.
+        .max_workers(2)
         .thread_name("factory")
         .build();
     let built = Arc::new(Mutex::new(Vec::<(WorkerId, ThreadId)>::new()));

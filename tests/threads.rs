@@ -38,6 +38,8 @@ async fn every_step_of_a_request_runs_on_one_worker_thread() {
     };
     let layer = ThreadAffinityLayer::builder()
         .workers(2)
+        // Two threads exactly: no spare while a worker waits at a barrier.
+        .max_workers(2)
         // One frame per item, even while the reader is behind.
         .merge_frames(0)
         .thread_name("affine")
@@ -210,6 +212,8 @@ fn one_clone_per_worker(clones: &[(ThreadId, String)], workers: &HashSet<String>
 async fn one_instance_per_worker_not_per_request() {
     let layer = ThreadAffinityLayer::builder()
         .workers(2)
+        // Two threads exactly: no spare while a worker waits at a barrier.
+        .max_workers(2)
         .thread_name("instances")
         .build();
     let (inner, _dropped) = Counted::new("a");
@@ -240,6 +244,8 @@ async fn one_instance_per_worker_not_per_request() {
 async fn each_wrapped_service_has_one_instance_per_worker() {
     let layer = ThreadAffinityLayer::builder()
         .workers(2)
+        // Two threads exactly: no spare while a worker waits at a barrier.
+        .max_workers(2)
         // Two threads exactly: a spare would be a third instance.
         .max_workers(2)
         .thread_name("two-services")
@@ -276,6 +282,8 @@ async fn each_wrapped_service_has_one_instance_per_worker() {
 async fn instances_are_dropped_on_their_worker() {
     let layer = ThreadAffinityLayer::builder()
         .workers(2)
+        // Two threads exactly: no spare while a worker waits at a barrier.
+        .max_workers(2)
         .thread_name("drops")
         .build();
     let (inner, mut dropped) = Counted::new("a");
