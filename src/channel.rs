@@ -231,7 +231,8 @@ impl<T> Drop for Receiver<T> {
     }
 }
 
-fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+/// Stores `cx`'s waker in `slot`, reusing the one there when it is the same.
+pub(crate) fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
     match slot {
         Some(waker) => waker.clone_from(cx.waker()),
         None => *slot = Some(cx.waker().clone()),

@@ -28,6 +28,8 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
+use crate::channel::set_waker;
+
 /// Creates a slot for one request with no payload (the unit tests' form).
 #[cfg(test)]
 pub(crate) fn slot<T: Send + 'static>() -> (ReplySender<T>, ReplyReceiver<T>) {
@@ -297,13 +299,6 @@ impl<T> ReplyReceiver<T> {
 impl<T> Drop for ReplyReceiver<T> {
     fn drop(&mut self) {
         self.slot.gone();
-    }
-}
-
-fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
-    match slot {
-        Some(waker) => waker.clone_from(cx.waker()),
-        None => *slot = Some(cx.waker().clone()),
     }
 }
 
