@@ -29,14 +29,17 @@
 //! queue bounds them.
 
 mod config;
+mod drain;
 mod exit;
 mod idle;
+mod job;
 mod lifecycle;
 mod load;
 pub(crate) mod probe;
 mod pump;
 mod queues;
 mod ready;
+mod shared;
 mod spare;
 mod state;
 mod task;
@@ -48,143 +51,24 @@ use std::hash::RandomState;
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_channel::{Sender, TrySendError};
 use http::Request;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub(crate) use self::load::Active;
 pub(crate) use self::task::Call;
-pub(crate) use self::worker::WorkerState;
 
-use self::idle::{Idle, Source};
+use self::idle::Idle;
 use self::lifecycle::Lifecycle;
 use self::spare::Spares;
 use self::worker::Queues;
 use crate::error::Failure;
 use crate::stats::{Counters, Stats};
-use crate::trace;
-use crate::ShutdownReport;
 
 pub(crate) use self::config::Config;
-
-/// One request on its way to a worker, with its types erased so that one
-/// queue carries requests for every service the layer wraps. It is the
-/// request's reply slot too (`reply::Slot`): one allocation for both.
-pub(crate) trait Job: Send + Sync + 'static {
-    /// Builds the task that serves a claimed request, on the worker's thread.
-    fn start(self: Arc<Self>, worker: &WorkerState, active: Active) -> worker::LocalTask;
-
-    /// Takes the job for serving: `false` if its caller withdrew it (its
-    /// queue timeout passed) or went away while it was queued; the job is
-    /// then dropped unstarted. A claimed job is started or rejected, never
-    /// withdrawn.
-    fn claim(&self) -> bool;
-
-    /// Answers the request without running it.
-    fn reject(self: Arc<Self>, failure: Failure);
-
-    /// The job is dropped unstarted and unanswered: tells its caller.
-    fn abandon(&self);
-}
-
-/// The worker's hold on a queued job. Dropped without being started or
-/// rejected (a queue dropped with jobs in it, a thread that died), it tells
-/// the caller, as a dropped reply sender does.
-pub(crate) struct JobHandle(Option<Arc<dyn Job>>);
-
-impl JobHandle {
-    pub(crate) fn new(job: Arc<dyn Job>) -> Self {
-        Self(Some(job))
-    }
-
-    fn take(mut self) -> Arc<dyn Job> {
-        self.0.take().expect("a job is taken once")
-    }
-
-    pub(crate) fn start(self, worker: &WorkerState, active: Active) -> worker::LocalTask {
-        self.take().start(worker, active)
-    }
-
-    pub(crate) fn claim(&self) -> bool {
-        self.0.as_ref().is_some_and(|job| job.claim())
-    }
-
-    pub(crate) fn reject(self, failure: Failure) {
-        self.take().reject(failure);
-    }
-}
-
-impl Drop for JobHandle {
-    fn drop(&mut self) {
-        if let Some(job) = self.0.take() {
-            job.abandon();
-        }
-    }
-}
-
-/// A job in a queue, with its admission permit.
-pub(crate) struct Envelope {
-    job: JobHandle,
-    // Held while an unkeyed job waits in the shared queue; released when a
-    // worker takes it.
-    _permit: Option<OwnedSemaphorePermit>,
-    // Set only when there is a queue timeout (or for the metrics' queue wait).
-    enqueued: Option<Instant>,
-}
-
-/// What the pool's handles and its worker threads share.
-pub(crate) struct Core {
-    pub(crate) config: Config,
-    pub(crate) counters: Counters,
-    pub(crate) lifecycle: Lifecycle,
-    pub(crate) idle: Idle,
-    pub(crate) spares: Spares,
-    /// Tells this pool's worker threads from another pool's.
-    pub(crate) id: u64,
-    /// How many wrapped services have lost their last handle. A worker that
-    /// sees it move drops its instances of those services (see
-    /// `WorkerState::sweep_retired`).
-    pub(crate) retired: AtomicU64,
-    /// Thread spawns left before the test seam refuses them.
-    spawns_left: AtomicUsize,
-    /// Runtime builds left before the test seam fails them.
-    runtimes_left: AtomicUsize,
-}
-
-/// Takes one from `left`; `false` at zero.
-fn take_one(left: &AtomicUsize) -> bool {
-    left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-        .is_ok()
-}
-
-impl Core {
-    /// A wrapped service lost its last handle: every worker drops its
-    /// instance, on its own thread, at its next turn. Idle workers are woken
-    /// for it; their loop sweeps before it waits again.
-    pub(crate) fn retire_service(&self) {
-        self.retired.fetch_add(1, Ordering::Release);
-        self.idle.wake_all();
-    }
-
-    /// Whether the test seam lets one more thread start.
-    fn may_spawn(&self) -> bool {
-        take_one(&self.spawns_left)
-    }
-
-    /// A worker's runtime (or the test seam's refusal).
-    fn build_runtime(&self) -> io::Result<tokio::runtime::Runtime> {
-        if !take_one(&self.runtimes_left) {
-            return Err(io::Error::other(
-                "tower-affinity: runtime refused (test seam)",
-            ));
-        }
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    }
-}
+pub(crate) use self::job::{Envelope, Job, JobHandle};
+pub(crate) use self::shared::Core;
 
 /// A handle on the pool; the threads stop when the last handle is dropped.
 #[derive(Clone)]
@@ -382,63 +266,7 @@ impl Pool {
             inner.core.spares.figures(),
         )
     }
-
-    /// Stops admitting, serves what was admitted, and waits for the threads
-    /// to end; past `deadline`, answers what is still queued with `503`,
-    /// makes the workers drop what they hold, and returns within
-    /// [`ABORT_GRACE`] even if some workers are stuck in user code.
-    pub(crate) async fn shutdown(&self, deadline: Option<Duration>) -> ShutdownReport {
-        let lifecycle = &self.inner.core.lifecycle;
-        lifecycle.drain();
-        // Callers waiting in `poll_ready` wake up and get 503 from `call`.
-        self.inner.close();
-        let Some(deadline) = deadline else {
-            lifecycle.all_exited().await;
-            return ShutdownReport::complete();
-        };
-        if tokio::time::timeout(deadline, lifecycle.all_exited())
-            .await
-            .is_ok()
-        {
-            return ShutdownReport::complete();
-        }
-        lifecycle.abort();
-        // Parked workers see the abort only when woken.
-        self.inner.core.idle.wake_all();
-        // A worker stuck in a handler cannot answer its queue: answer here.
-        // Each job leaves a queue once, so this and the workers never both
-        // answer one.
-        let counters = &self.inner.core.counters;
-        for queues in &self.inner.queues {
-            while let Some(envelope) = queues.take_own().or_else(|| queues.take_shared()) {
-                counters.rejected.fetch_add(1, Ordering::Relaxed);
-                envelope.job.reject(Failure::ShutDown);
-            }
-        }
-        // Workers that are not stuck drop what they hold and end within a
-        // moment; the stuck ones end on their own when their handlers
-        // return, dropping what they hold on their own thread.
-        let _ = tokio::time::timeout(ABORT_GRACE, lifecycle.all_exited()).await;
-        // Spares included: a stuck spare holds its thread as a core worker does.
-        let stuck: Vec<usize> = (0..self.inner.core.config.max_workers)
-            .filter(|&index| {
-                let worker = counters.worker(index);
-                worker.alive.load(Ordering::SeqCst) && worker.is_polling()
-            })
-            .collect();
-        if !stuck.is_empty() {
-            trace::warning!(
-                ?stuck,
-                "shutdown deadline passed with workers inside user code"
-            );
-        }
-        ShutdownReport::with_stuck(stuck)
-    }
 }
-
-/// How long `shutdown_timeout` waits, past its deadline, for the workers
-/// that are not stuck in user code to end.
-pub(crate) const ABORT_GRACE: Duration = Duration::from_millis(100);
 
 impl Dispatch {
     /// Closes the queues and wakes the workers and the supervisor to see it.

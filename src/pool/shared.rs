@@ -1,0 +1,62 @@
+//! What the pool's handles and its worker threads share.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use super::idle::Idle;
+use super::lifecycle::Lifecycle;
+use super::spare::Spares;
+use super::Config;
+use crate::stats::Counters;
+
+/// What the pool's handles and its worker threads share.
+pub(crate) struct Core {
+    pub(crate) config: Config,
+    pub(crate) counters: Counters,
+    pub(crate) lifecycle: Lifecycle,
+    pub(crate) idle: Idle,
+    pub(crate) spares: Spares,
+    /// Tells this pool's worker threads from another pool's.
+    pub(crate) id: u64,
+    /// How many wrapped services have lost their last handle. A worker that
+    /// sees it move drops its instances of those services (see
+    /// `WorkerState::sweep_retired`).
+    pub(crate) retired: AtomicU64,
+    /// Thread spawns left before the test seam refuses them.
+    pub(super) spawns_left: AtomicUsize,
+    /// Runtime builds left before the test seam fails them.
+    pub(super) runtimes_left: AtomicUsize,
+}
+
+/// Takes one from `left`; `false` at zero.
+fn take_one(left: &AtomicUsize) -> bool {
+    left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+impl Core {
+    /// A wrapped service lost its last handle: every worker drops its
+    /// instance, on its own thread, at its next turn. Idle workers are woken
+    /// for it; their loop sweeps before it waits again.
+    pub(crate) fn retire_service(&self) {
+        self.retired.fetch_add(1, Ordering::Release);
+        self.idle.wake_all();
+    }
+
+    /// Whether the test seam lets one more thread start.
+    pub(super) fn may_spawn(&self) -> bool {
+        take_one(&self.spawns_left)
+    }
+
+    /// A worker's runtime (or the test seam's refusal).
+    pub(super) fn build_runtime(&self) -> io::Result<tokio::runtime::Runtime> {
+        if !take_one(&self.runtimes_left) {
+            return Err(io::Error::other(
+                "tower-affinity: runtime refused (test seam)",
+            ));
+        }
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+}
