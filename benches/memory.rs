@@ -337,8 +337,11 @@ fn queued(config: Config) -> Measured {
     const WORKERS: usize = 2;
     let rt = runtime();
     let gate = Arc::new(Gate::default());
+    // No spares: they would serve the queue while the workers are blocked,
+    // and this measures what a queued request costs.
     let layer = ThreadAffinityLayer::builder()
         .workers(WORKERS)
+        .max_workers(WORKERS)
         .queue_capacity(config.queued + 2 * WORKERS)
         .build();
     let mut svc = layer.layer(blocking::service_fn({
