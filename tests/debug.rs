@@ -78,3 +78,15 @@ async fn the_response_future_debug_names_its_state() {
     }
     common::within("/block", blocked).await.unwrap().unwrap();
 }
+
+/// A wrapped service's `Debug` names the inner service's type and shows
+/// its pool's configuration.
+#[test]
+fn the_service_debug_names_the_inner_service_and_its_pool() {
+    let layer = ThreadAffinityLayer::builder().workers(3).build();
+    let svc = layer.layer(service_fn(|_: Request<()>| Response::new(String::new())));
+    let text = format!("{svc:?}");
+    assert!(text.starts_with("ThreadAffinity {"), "{text}");
+    assert!(text.contains("ServiceFn"), "{text}");
+    assert!(text.contains("workers: 3"), "{text}");
+}
