@@ -163,6 +163,7 @@ async fn a_worker_that_cannot_restart_is_given_up_and_its_keys_move() {
         }
     }
     let key0 = key0.expect("a key on worker 0");
+    let died = std::time::Instant::now();
     let (status, _) = call(&svc, "/die", Some(&key0)).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     within("worker 0 given up", async {
@@ -171,6 +172,10 @@ async fn a_worker_that_cannot_restart_is_given_up_and_its_keys_move() {
         }
     })
     .await;
+    // The backoff: 10, 20, 40 and 80 ms before the 2nd to 5th tries. A
+    // lower bound only, which sleeps guarantee however slow the machine.
+    let backoff = died.elapsed();
+    assert!(backoff >= Duration::from_millis(150), "{backoff:?}");
     let stats = layer.stats();
     assert_eq!(stats.workers()[0].start_failures(), 5, "{stats:?}");
     assert_eq!(stats.workers()[0].replaced(), 5);
