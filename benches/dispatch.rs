@@ -11,7 +11,9 @@
 //! - `naive_pool`: 2 std threads fed round-robin through `std::sync::mpsc`,
 //!   answering through a tokio oneshot;
 //! - `tower_affinity`: `ThreadAffinityLayer` with 2 workers: `ready`, `call`,
-//!   await the head, collect the body.
+//!   await the head, collect the body;
+//! - `tower_affinity_fixed`: the same with `max_workers(2)`: no spare
+//!   workers and no supervisor thread, to show what they cost here.
 //!
 //! Each variant runs `DISPATCH_WARMUP_SECS` (default 0.5) unmeasured, then
 //! `DISPATCH_SECS` (default 2) measured; the whole set runs
@@ -172,12 +174,13 @@ impl NaivePool {
     }
 }
 
-const VARIANTS: [&str; 5] = [
+const VARIANTS: [&str; 6] = [
     "inline",
     "spawn_blocking",
     "local_pool",
     "naive_pool",
     "tower_affinity",
+    "tower_affinity_fixed",
 ];
 
 async fn run_variant(name: &str, warmup: Duration, duration: Duration) -> Stats {
@@ -228,11 +231,14 @@ async fn run_variant(name: &str, warmup: Duration, duration: Duration) -> Stats 
             )
             .await
         }
-        "tower_affinity" => {
-            let layer = ThreadAffinityLayer::builder().workers(THREADS).build();
+        "tower_affinity" | "tower_affinity_fixed" => {
+            let mut builder = ThreadAffinityLayer::builder().workers(THREADS);
+            if name == "tower_affinity_fixed" {
+                builder = builder.max_workers(THREADS);
+            }
+            let layer = builder.build();
             let svc = layer.layer(blocking::service_fn(handler));
-            drop(layer);
-            measure(
+            let stats = measure(
                 move |n| {
                     let mut svc = svc.clone();
                     async move {
@@ -244,7 +250,17 @@ async fn run_variant(name: &str, warmup: Duration, duration: Duration) -> Stats 
                 warmup,
                 duration,
             )
-            .await
+            .await;
+            // A trivial handler never blocks: a spare here is a bug.
+            let pool = layer.stats();
+            if pool.spares_started() > 0 {
+                eprintln!(
+                    "{name}: {} spare(s) started, {} supervisor look(s)",
+                    pool.spares_started(),
+                    pool.stalls()
+                );
+            }
+            stats
         }
         other => unreachable!("unknown variant {other}"),
     }

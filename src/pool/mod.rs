@@ -42,6 +42,7 @@ mod ready;
 mod shared;
 mod spare;
 mod state;
+mod supervisor;
 mod task;
 mod unwind;
 mod worker;

@@ -1,5 +1,5 @@
-//! Spare workers: when to start one, when one retires, and the supervisor
-//! thread that decides.
+//! Spare workers: when to start one, when one retires, and what the
+//! supervisor thread (`supervisor`) that starts them shares with the pool.
 //!
 //! The pool always runs `workers` core threads. While unkeyed work waits
 //! and no worker is free, a spare starts for each worker blocked in user
@@ -9,16 +9,16 @@
 //! looks, is still one thread out of play, not fifty. And none while as
 //! many threads as there are core workers can take work (between two polls,
 //! or computing): then the CPUs, not the threads, are what work waits for.
-//! A CPU-bound handler
-//! is on the CPU, a quick one is not inside a long poll: neither grows the
-//! pool.
+//! A CPU-bound handler is on the CPU, a quick one is not inside a long
+//! poll: neither grows the pool.
 //!
 //! The supervisor costs nothing while the pool keeps up: it parks on a
 //! condition variable until a submitter finds no worker waiting for work
 //! (one atomic load on that path while the supervisor is already awake).
-//! Awake, it looks every millisecond while work waits, backing off to
-//! [`MAX_INTERVAL`] while the workers are busy without being blocked, and
-//! parks again once the shared queue is empty.
+//! Awake, it looks every millisecond while work waits, backing off while
+//! the workers are busy without being blocked, and parks again once the
+//! shared queue is empty (see `supervisor::Pace` for why the backed-off
+//! pace outlives a short park).
 //!
 //! A spare serves the shared queue only, and retires after `keep_alive`
 //! with nothing to serve; spares retire one at a time, at most one per
@@ -38,29 +38,25 @@ use std::time::{Duration, Instant};
 
 use async_channel::Receiver;
 
-use super::probe::BLOCKED_AFTER;
-use super::worker::{self, Queues};
+use super::supervisor;
 use super::{Config, Core, Envelope};
 use crate::stats::SpareFigures;
 use crate::trace;
 
-/// The longest the supervisor waits between looks while work waits.
-const MAX_INTERVAL: Duration = Duration::from_millis(16);
-
 #[derive(Debug)]
 pub(crate) struct Spares {
     /// Whether the supervisor is awake, looking.
-    armed: AtomicBool,
+    pub(super) armed: AtomicBool,
     stopped: AtomicBool,
     lock: Mutex<()>,
     signal: Condvar,
     /// Spare slots not in use, the lowest index last.
-    free: Mutex<Vec<usize>>,
+    pub(super) free: Mutex<Vec<usize>>,
     /// The most threads the pool runs now.
-    ceiling: AtomicUsize,
-    started: AtomicU64,
+    pub(super) ceiling: AtomicUsize,
+    pub(super) started: AtomicU64,
     retired: AtomicU64,
-    stalls: AtomicU64,
+    pub(super) stalls: AtomicU64,
     spawn_failures: AtomicU64,
     keep_alive: Duration,
     epoch: Instant,
@@ -68,7 +64,7 @@ pub(crate) struct Spares {
     last_retired: AtomicU64,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -100,7 +96,7 @@ impl Spares {
         let core2 = core.clone();
         if let Err(error) = thread::Builder::new()
             .name(name)
-            .spawn(move || supervisor(&core2, &shared))
+            .spawn(move || supervisor::run(&core2, &shared))
         {
             // Without a supervisor the pool is a fixed one: say so.
             core.spares.refused(core.config.workers, &error);
@@ -126,7 +122,7 @@ impl Spares {
     }
 
     /// Parks until nudged; `false` once stopped.
-    fn wait_armed(&self) -> bool {
+    pub(super) fn wait_armed(&self) -> bool {
         let mut guard = lock(&self.lock);
         while !self.armed.load(SeqCst) && !self.stopped.load(SeqCst) {
             guard = self
@@ -138,7 +134,7 @@ impl Spares {
     }
 
     /// Waits `interval`; `false` once stopped.
-    fn pause(&self, interval: Duration) -> bool {
+    pub(super) fn pause(&self, interval: Duration) -> bool {
         let guard = lock(&self.lock);
         if !self.stopped.load(SeqCst) {
             let _ = self.signal.wait_timeout(guard, interval);
@@ -207,138 +203,6 @@ impl Spares {
             stalls: self.stalls.load(Relaxed),
             spawn_failures: self.spawn_failures.load(Relaxed),
             max_workers: self.ceiling.load(Relaxed),
-        }
-    }
-}
-
-/// The supervisor thread: parked until work waits with no worker free,
-/// then looking while it does.
-fn supervisor(core: &Arc<Core>, shared: &Receiver<Envelope>) {
-    let spares = &core.spares;
-    // Per slot, the start of the poll a spare was last started for: one
-    // spare per blocked poll, however many looks it lasts.
-    let mut compensated = vec![0u64; core.config.max_workers];
-    while spares.wait_armed() {
-        let mut interval = BLOCKED_AFTER;
-        loop {
-            if !spares.pause(interval) {
-                return;
-            }
-            if shared.is_empty() {
-                spares.armed.store(false, SeqCst);
-                // A job queued just now may have seen `armed` still set
-                // and not nudged: look once more before parking.
-                if shared.is_empty() {
-                    break;
-                }
-                spares.armed.store(true, SeqCst);
-            }
-            interval = match grow(core, shared, &mut compensated) {
-                0 => (interval * 2).min(MAX_INTERVAL),
-                _ => BLOCKED_AFTER,
-            };
-        }
-    }
-}
-
-/// Starts a spare for each blocked worker, as many as jobs wait and room
-/// allows, when no worker is free; how many it started.
-///
-/// Why not "only when every worker is blocked": with many threads and
-/// handlers that block for a few milliseconds at a time, some worker is
-/// always between two jobs, and the pool would never grow past a handful
-/// of threads. A blocked worker is a thread that holds no CPU: starting one
-/// spare for it (as .NET's pool compensates for a thread known to block)
-/// keeps the threads that can run equal to what the pool had. A worker that
-/// computes is not blocked, so CPU-bound handlers never grow the pool.
-fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, compensated: &mut [u64]) -> usize {
-    let (spares, counters) = (&core.spares, &core.counters);
-    if core.idle.anyone_waiting() {
-        return 0;
-    }
-    let running: Vec<usize> = (0..core.config.max_workers)
-        .filter(|&index| counters.worker(index).alive.load(SeqCst))
-        .collect();
-    // Threads that can take work now: between two polls (serving their
-    // event loop, so not parked) or computing in a long one. As many as
-    // core workers, and a spare only adds a thread competing for the same
-    // CPUs: quick handlers that outrun the CPUs keep every worker busy
-    // without any being free, and grew the pool to `max_workers` before.
-    let mut able = running
-        .iter()
-        .filter(|&&index| !counters.worker(index).is_polling())
-        .count();
-    if able >= core.config.workers {
-        return 0;
-    }
-    // Atomics first; the probe reads `/proc`, only for workers inside a
-    // long poll, and only while there is room.
-    // A poll already compensated for is left out: without that, a worker
-    // blocked for 50 ms started a spare at every look (each millisecond)
-    // and the pool climbed to `max_workers` for a handful of slow calls.
-    let long: Vec<usize> = running
-        .iter()
-        .copied()
-        .filter(|&index| counters.polling_for(index) >= Some(BLOCKED_AFTER))
-        .filter(|&index| compensated[index] != counters.poll_started(index))
-        .collect();
-    if long.is_empty() {
-        return 0;
-    }
-    spares.stalls.fetch_add(1, Relaxed);
-    let room = spares.ceiling.load(SeqCst).saturating_sub(running.len());
-    let wanted = shared.len().min(room);
-    let blocked: Vec<usize> = long
-        .iter()
-        .copied()
-        .filter(|&index| counters.blocked(index))
-        .collect();
-    able += long.len() - blocked.len();
-    if able >= core.config.workers {
-        return 0;
-    }
-    let blocked = blocked.into_iter().take(wanted);
-    let mut started = 0;
-    for index in blocked {
-        if !start(core, shared, running.len() + started) {
-            break;
-        }
-        compensated[index] = counters.poll_started(index);
-        started += 1;
-    }
-    started
-}
-
-/// Starts one spare; `false` if none could start.
-fn start(core: &Arc<Core>, shared: &Receiver<Envelope>, threads: usize) -> bool {
-    let spares = &core.spares;
-    let Some(index) = lock(&spares.free).pop() else {
-        return false;
-    };
-    // Not once the queues closed: a spare must not outlive a shutdown.
-    if !core.lifecycle.spawning(|| shared.is_closed()) {
-        lock(&spares.free).push(index);
-        return false;
-    }
-    let counters = core.counters.worker(index);
-    counters.alive.store(true, SeqCst);
-    counters.used.store(true, SeqCst);
-    match worker::spawn(index, Queues::spare(shared.clone()), core.clone()) {
-        Ok(()) => {
-            spares.started.fetch_add(1, Relaxed);
-            trace::info!(
-                worker = index,
-                threads = threads + 1,
-                "spare worker started"
-            );
-            true
-        }
-        Err(error) => {
-            counters.alive.store(false, SeqCst);
-            core.lifecycle.exited();
-            lock(&spares.free).push(index);
-            spares.refused(threads, &error);
-            false
         }
     }
 }

@@ -1,0 +1,226 @@
+//! The supervisor thread: when to start a spare, and how often to look.
+//!
+//! It parks until a submitter finds no worker waiting for work, then looks
+//! at the workers while unkeyed work waits (`grow`), at a pace (`Pace`)
+//! that starts at one look a millisecond and backs off while nobody is
+//! blocked.
+
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_channel::Receiver;
+
+use super::probe::BLOCKED_AFTER;
+use super::spare::lock;
+use super::worker::{self, Queues};
+use super::{Core, Envelope};
+use crate::trace;
+
+/// The longest the supervisor waits between looks while work waits.
+pub(super) const MAX_INTERVAL: Duration = Duration::from_millis(16);
+
+/// How long the supervisor waits between two looks.
+///
+/// One look a millisecond while blocking is news; twice as long after each
+/// look that starts nothing, up to [`MAX_INTERVAL`]. The pace outlives one
+/// awake spell: under a steady load of quick handlers the shared queue
+/// empties and fills again many times a millisecond, and each time it
+/// fills, the supervisor is woken. Starting over at one look a millisecond,
+/// it woke about a thousand times a second, each time taking a CPU from a
+/// worker or a caller (on 2 cores, the `dispatch` bench's p99 doubled). So
+/// only a park longer than [`MAX_INTERVAL`] (the pool kept up for a while)
+/// or a look that starts a spare brings the fast pace back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pace {
+    interval: Duration,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self {
+            interval: BLOCKED_AFTER,
+        }
+    }
+}
+
+impl Pace {
+    fn interval(self) -> Duration {
+        self.interval
+    }
+
+    /// Woken after parking for `parked`.
+    fn woken(&mut self, parked: Duration) {
+        if parked > MAX_INTERVAL {
+            *self = Self::default();
+        }
+    }
+
+    /// A look started `started` spares.
+    fn looked(&mut self, started: usize) {
+        self.interval = match started {
+            0 => (self.interval * 2).min(MAX_INTERVAL),
+            _ => BLOCKED_AFTER,
+        };
+    }
+}
+
+/// The supervisor thread: parked until work waits with no worker free,
+/// then looking while it does.
+pub(super) fn run(core: &Arc<Core>, shared: &Receiver<Envelope>) {
+    let spares = &core.spares;
+    // Per slot, the start of the poll a spare was last started for: one
+    // spare per blocked poll, however many looks it lasts.
+    let mut compensated = vec![0u64; core.config.max_workers];
+    let mut pace = Pace::default();
+    loop {
+        let parked = Instant::now();
+        if !spares.wait_armed() {
+            return;
+        }
+        pace.woken(parked.elapsed());
+        loop {
+            if !spares.pause(pace.interval()) {
+                return;
+            }
+            if shared.is_empty() {
+                spares.armed.store(false, SeqCst);
+                // A job queued just now may have seen `armed` still set
+                // and not nudged: look once more before parking.
+                if shared.is_empty() {
+                    break;
+                }
+                spares.armed.store(true, SeqCst);
+            }
+            pace.looked(grow(core, shared, &mut compensated));
+        }
+    }
+}
+
+/// Starts a spare for each blocked worker, as many as jobs wait and room
+/// allows, when no worker is free; how many it started.
+///
+/// Why not "only when every worker is blocked": with many threads and
+/// handlers that block for a few milliseconds at a time, some worker is
+/// always between two jobs, and the pool would never grow past a handful
+/// of threads. A blocked worker is a thread that holds no CPU: starting one
+/// spare for it (as .NET's pool compensates for a thread known to block)
+/// keeps the threads that can run equal to what the pool had. A worker that
+/// computes is not blocked, so CPU-bound handlers never grow the pool.
+fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, compensated: &mut [u64]) -> usize {
+    let (spares, counters) = (&core.spares, &core.counters);
+    if core.idle.anyone_waiting() {
+        return 0;
+    }
+    let running: Vec<usize> = (0..core.config.max_workers)
+        .filter(|&index| counters.worker(index).alive.load(SeqCst))
+        .collect();
+    // Threads that can take work now: between two polls (serving their
+    // event loop, so not parked) or computing in a long one. As many as
+    // core workers, and a spare only adds a thread competing for the same
+    // CPUs: quick handlers that outrun the CPUs keep every worker busy
+    // without any being free, and grew the pool to `max_workers` before.
+    let mut able = running
+        .iter()
+        .filter(|&&index| !counters.worker(index).is_polling())
+        .count();
+    if able >= core.config.workers {
+        return 0;
+    }
+    // Atomics first; the probe reads `/proc`, only for workers inside a
+    // long poll, and only while there is room.
+    // A poll already compensated for is left out: without that, a worker
+    // blocked for 50 ms started a spare at every look (each millisecond)
+    // and the pool climbed to `max_workers` for a handful of slow calls.
+    let long: Vec<usize> = running
+        .iter()
+        .copied()
+        .filter(|&index| counters.polling_for(index) >= Some(BLOCKED_AFTER))
+        .filter(|&index| compensated[index] != counters.poll_started(index))
+        .collect();
+    if long.is_empty() {
+        return 0;
+    }
+    spares.stalls.fetch_add(1, Relaxed);
+    let room = spares.ceiling.load(SeqCst).saturating_sub(running.len());
+    let wanted = shared.len().min(room);
+    let blocked: Vec<usize> = long
+        .iter()
+        .copied()
+        .filter(|&index| counters.blocked(index))
+        .collect();
+    able += long.len() - blocked.len();
+    if able >= core.config.workers {
+        return 0;
+    }
+    let blocked = blocked.into_iter().take(wanted);
+    let mut started = 0;
+    for index in blocked {
+        if !start(core, shared, running.len() + started) {
+            break;
+        }
+        compensated[index] = counters.poll_started(index);
+        started += 1;
+    }
+    started
+}
+
+/// Starts one spare; `false` if none could start.
+fn start(core: &Arc<Core>, shared: &Receiver<Envelope>, threads: usize) -> bool {
+    let spares = &core.spares;
+    let Some(index) = lock(&spares.free).pop() else {
+        return false;
+    };
+    // Not once the queues closed: a spare must not outlive a shutdown.
+    if !core.lifecycle.spawning(|| shared.is_closed()) {
+        lock(&spares.free).push(index);
+        return false;
+    }
+    let counters = core.counters.worker(index);
+    counters.alive.store(true, SeqCst);
+    counters.used.store(true, SeqCst);
+    match worker::spawn(index, Queues::spare(shared.clone()), core.clone()) {
+        Ok(()) => {
+            spares.started.fetch_add(1, Relaxed);
+            trace::info!(
+                worker = index,
+                threads = threads + 1,
+                "spare worker started"
+            );
+            true
+        }
+        Err(error) => {
+            counters.alive.store(false, SeqCst);
+            core.lifecycle.exited();
+            lock(&spares.free).push(index);
+            spares.refused(threads, &error);
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Looks that start nothing back off to the slowest pace and stay
+    /// there across a short park; a long park or a started spare brings
+    /// the fast pace back.
+    #[test]
+    fn the_pace_backs_off_and_survives_a_short_park() {
+        let mut pace = Pace::default();
+        assert_eq!(pace.interval(), BLOCKED_AFTER);
+        for _ in 0..10 {
+            pace.looked(0);
+        }
+        assert_eq!(pace.interval(), MAX_INTERVAL);
+        pace.woken(MAX_INTERVAL);
+        assert_eq!(pace.interval(), MAX_INTERVAL, "a short park keeps the pace");
+        pace.woken(MAX_INTERVAL + Duration::from_millis(1));
+        assert_eq!(pace.interval(), BLOCKED_AFTER, "a long park starts over");
+        pace.looked(0);
+        assert_eq!(pace.interval(), BLOCKED_AFTER * 2);
+        pace.looked(1);
+        assert_eq!(pace.interval(), BLOCKED_AFTER, "a spare started: look fast");
+    }
+}
