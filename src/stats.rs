@@ -270,6 +270,17 @@ impl Counters {
         let worker = &self.workers[index];
         probe::blocked(worker.tid.load(Relaxed), self.polling_for(index))
     }
+
+    /// Whether worker `index` is blocked in the poll that began at `since`
+    /// (see [`poll_started`](Self::poll_started)): the poll may end, and
+    /// another begin, while the probe reads its thread's state.
+    pub(crate) fn blocked_in(&self, index: usize, since: u64) -> bool {
+        let worker = &self.workers[index];
+        let polling = Duration::from_nanos(self.now().saturating_sub(since));
+        since != 0
+            && probe::blocked(worker.tid.load(Relaxed), Some(polling))
+            && self.poll_started(index) == since
+    }
 }
 
 impl Counters {

@@ -576,3 +576,50 @@ async fn no_spare_while_core_many_threads_can_work() {
         within("an answer", task).await.unwrap();
     }
 }
+
+/// Spares start only once the supervisor has seen blocking at two looks in
+/// a row: seen once, it may be a moment's wait on a lock whose holder the
+/// host preempted. So when the one spare starts, at least two looks have
+/// found a long poll (`stalls`); with a spare per sighting it would start
+/// at the first.
+#[tokio::test]
+async fn a_spare_starts_once_two_looks_in_a_row_see_blocking() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(2)
+        .thread_name("confirm")
+        .build();
+    let (entered, mut entries) = mpsc::unbounded_channel::<()>();
+    let gate = Gate::default();
+    let svc = layer.layer(blocking::service_fn({
+        let gate = gate.clone();
+        move |request: Request<()>| {
+            if request.uri().path() == "/block" {
+                let _ = entered.send(());
+                gate.wait();
+            }
+            Response::new(name())
+        }
+    }));
+    let call = |path: &'static str| {
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let request = Request::get(path).body(()).unwrap();
+            let response = svc.oneshot(request).await.unwrap();
+            String::from_utf8(collect(response.into_body()).await.to_vec()).unwrap()
+        })
+    };
+    let blocked = call("/block");
+    within("the worker blocked", entries.recv()).await.unwrap();
+    // Waits in the shared queue: the supervisor looks.
+    let quick = call("/quick");
+    assert_eq!(
+        within("the spare's answer", quick).await.unwrap(),
+        "confirm-1"
+    );
+    let stats = layer.stats();
+    assert_eq!(stats.spares_started(), 1, "{stats:?}");
+    assert!(stats.stalls() >= 2, "{stats:?}");
+    gate.open();
+    assert_eq!(within("an answer", blocked).await.unwrap(), "confirm-0");
+}

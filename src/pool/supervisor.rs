@@ -20,6 +20,29 @@ use crate::trace;
 /// The longest the supervisor waits between looks while work waits.
 pub(super) const MAX_INTERVAL: Duration = Duration::from_millis(16);
 
+/// How soon the supervisor looks again at a poll it saw blocked once.
+const CONFIRM_AFTER: Duration = Duration::from_micros(500);
+
+/// What one look found.
+#[derive(Debug, Default, Clone, Copy)]
+struct Look {
+    /// Spares started.
+    started: usize,
+    /// Polls seen blocked at a look that follows one that saw none: to be
+    /// confirmed by the next.
+    suspects: usize,
+}
+
+/// What the supervisor remembers of its looks.
+struct Seen {
+    /// Per slot, the start of the poll a spare was last started for (which
+    /// tells one poll from the next): one spare per blocked poll, however
+    /// many looks it lasts.
+    compensated: Vec<u64>,
+    /// Whether the last look found a blocked poll.
+    blocked_before: bool,
+}
+
 /// How long the supervisor waits between two looks.
 ///
 /// One look a millisecond while blocking is news; twice as long after each
@@ -56,11 +79,15 @@ impl Pace {
         }
     }
 
-    /// A look started `started` spares.
-    fn looked(&mut self, started: usize) {
-        self.interval = match started {
-            0 => (self.interval * 2).min(MAX_INTERVAL),
-            _ => BLOCKED_AFTER,
+    /// What a look found: a started spare brings the fast pace back, a
+    /// blocked poll seen once is looked at again soon.
+    fn looked(&mut self, look: Look) {
+        self.interval = if look.started > 0 {
+            BLOCKED_AFTER
+        } else if look.suspects > 0 {
+            CONFIRM_AFTER
+        } else {
+            (self.interval * 2).min(MAX_INTERVAL)
         };
     }
 }
@@ -69,9 +96,10 @@ impl Pace {
 /// then looking while it does.
 pub(super) fn run(core: &Arc<Core>, shared: &Receiver<Envelope>) {
     let spares = &core.spares;
-    // Per slot, the start of the poll a spare was last started for: one
-    // spare per blocked poll, however many looks it lasts.
-    let mut compensated = vec![0u64; core.config.max_workers];
+    let mut seen = Seen {
+        compensated: vec![0; core.config.max_workers],
+        blocked_before: false,
+    };
     let mut pace = Pace::default();
     loop {
         let parked = Instant::now();
@@ -92,13 +120,13 @@ pub(super) fn run(core: &Arc<Core>, shared: &Receiver<Envelope>) {
                 }
                 spares.armed.store(true, SeqCst);
             }
-            pace.looked(grow(core, shared, &mut compensated));
+            pace.looked(grow(core, shared, &mut seen));
         }
     }
 }
 
 /// Starts a spare for each blocked worker, as many as jobs wait and room
-/// allows, when no worker is free; how many it started.
+/// allows, when no worker is free.
 ///
 /// Why not "only when every worker is blocked": with many threads and
 /// handlers that block for a few milliseconds at a time, some worker is
@@ -107,10 +135,11 @@ pub(super) fn run(core: &Arc<Core>, shared: &Receiver<Envelope>) {
 /// spare for it (as .NET's pool compensates for a thread known to block)
 /// keeps the threads that can run equal to what the pool had. A worker that
 /// computes is not blocked, so CPU-bound handlers never grow the pool.
-fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, compensated: &mut [u64]) -> usize {
+fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, seen: &mut Seen) -> Look {
     let (spares, counters) = (&core.spares, &core.counters);
+    let blocked_before = std::mem::replace(&mut seen.blocked_before, false);
     if core.idle.anyone_waiting() {
-        return 0;
+        return Look::default();
     }
     let running: Vec<usize> = (0..core.config.max_workers)
         .filter(|&index| counters.worker(index).alive.load(SeqCst))
@@ -125,44 +154,62 @@ fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, compensated: &mut [u64]) 
         .filter(|&&index| !counters.worker(index).is_polling())
         .count();
     if able >= core.config.workers {
-        return 0;
+        return Look::default();
     }
     // Atomics first; the probe reads `/proc`, only for workers inside a
     // long poll, and only while there is room.
     // A poll already compensated for is left out: without that, a worker
     // blocked for 50 ms started a spare at every look (each millisecond)
     // and the pool climbed to `max_workers` for a handful of slow calls.
-    let long: Vec<usize> = running
+    // Each long poll by when it began, read once: the worker may end it,
+    // and begin another, while this look goes on.
+    let long: Vec<(usize, u64)> = running
         .iter()
-        .copied()
-        .filter(|&index| counters.polling_for(index) >= Some(BLOCKED_AFTER))
-        .filter(|&index| compensated[index] != counters.poll_started(index))
+        .map(|&index| (index, counters.poll_started(index)))
+        .filter(|&(index, since)| since != 0 && seen.compensated[index] != since)
+        .filter(|&(index, _)| counters.polling_for(index) >= Some(BLOCKED_AFTER))
         .collect();
     if long.is_empty() {
-        return 0;
+        return Look::default();
     }
     spares.stalls.fetch_add(1, Relaxed);
     let room = spares.ceiling.load(SeqCst).saturating_sub(running.len());
     let wanted = shared.len().min(room);
-    let blocked: Vec<usize> = long
+    let blocked: Vec<(usize, u64)> = long
         .iter()
         .copied()
-        .filter(|&index| counters.blocked(index))
+        .filter(|&(index, since)| counters.blocked_in(index, since))
         .collect();
+    seen.blocked_before = !blocked.is_empty();
     able += long.len() - blocked.len();
     if able >= core.config.workers {
-        return 0;
+        return Look::default();
     }
-    let blocked = blocked.into_iter().take(wanted);
+    // Blocking counts once seen at two looks in a row. Seen once, it may be
+    // a moment's wait on a lock (an allocator's, a channel's) whose holder
+    // the host preempted: on a busy 2-core machine, a pool of trivial
+    // handlers started such spares in most rounds of the `dispatch` bench,
+    // and under load a spare never idles, so it stayed. Two looks, not
+    // twice the same poll: handlers that block 2 ms at a time are mostly
+    // over by the second look, and the pool would not grow for them.
+    if !blocked_before {
+        return Look {
+            started: 0,
+            suspects: blocked.len(),
+        };
+    }
     let mut started = 0;
-    for index in blocked {
+    for (index, since) in blocked.into_iter().take(wanted) {
         if !start(core, shared, running.len() + started) {
             break;
         }
-        compensated[index] = counters.poll_started(index);
+        seen.compensated[index] = since;
         started += 1;
     }
-    started
+    Look {
+        started,
+        suspects: 0,
+    }
 }
 
 /// Starts one spare; `false` if none could start.
@@ -211,16 +258,24 @@ mod tests {
         let mut pace = Pace::default();
         assert_eq!(pace.interval(), BLOCKED_AFTER);
         for _ in 0..10 {
-            pace.looked(0);
+            pace.looked(Look::default());
         }
         assert_eq!(pace.interval(), MAX_INTERVAL);
         pace.woken(MAX_INTERVAL);
         assert_eq!(pace.interval(), MAX_INTERVAL, "a short park keeps the pace");
         pace.woken(MAX_INTERVAL + Duration::from_millis(1));
         assert_eq!(pace.interval(), BLOCKED_AFTER, "a long park starts over");
-        pace.looked(0);
+        pace.looked(Look::default());
         assert_eq!(pace.interval(), BLOCKED_AFTER * 2);
-        pace.looked(1);
+        pace.looked(Look {
+            started: 0,
+            suspects: 1,
+        });
+        assert_eq!(pace.interval(), CONFIRM_AFTER, "a suspect: look again soon");
+        pace.looked(Look {
+            started: 1,
+            suspects: 0,
+        });
         assert_eq!(pace.interval(), BLOCKED_AFTER, "a spare started: look fast");
     }
 }
