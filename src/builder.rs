@@ -106,7 +106,9 @@ impl Builder {
     /// handler, future or body for over a millisecond and off the CPU
     /// (sleeping on a lock, a socket, a database; read from the scheduler
     /// on Linux, while elsewhere any poll longer than 20 ms counts), once
-    /// per blocked poll however long it lasts. Not only when *every* worker
+    /// per blocked poll however long it lasts, and only once two looks in a
+    /// row (half a millisecond apart) have seen blocking: one sighting may
+    /// be a moment's wait on a lock. Not only when *every* worker
     /// is blocked: with many threads some worker is always between two
     /// jobs, and the pool would stop growing far below what waits. So a handler that
     /// waits on I/O gets up to `max_workers` threads, as with

@@ -71,9 +71,10 @@ impl Stats {
 
     /// Times the spare supervisor found unkeyed work waiting, no worker
     /// free, and some worker inside one poll of user code for over a
-    /// millisecond. Such a look starts a spare for each of those workers
-    /// that is [`blocked`](WorkerStats::blocked) (off the CPU) while the
-    /// pool is below [`max_workers`](Self::max_workers): many stalls and
+    /// millisecond. Such a look, if the look before it also saw blocking,
+    /// starts a spare for each of those workers that is
+    /// [`blocked`](WorkerStats::blocked) (off the CPU) while the pool is
+    /// below [`max_workers`](Self::max_workers): many stalls and
     /// few spares mean CPU-bound handlers, or a pool at its ceiling.
     pub fn stalls(&self) -> u64 {
         self.spares.stalls
