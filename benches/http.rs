@@ -349,6 +349,15 @@ fn run_variant(
     server_rt.block_on(async {
         server.stop().await;
         if let Some(layer) = layer {
+            // A trivial handler never blocks: a spare here is a bug.
+            let pool = layer.stats();
+            if pool.spares_started() > 0 {
+                eprintln!(
+                    "{name}: {} spare(s) started, {} supervisor look(s)",
+                    pool.spares_started(),
+                    pool.stalls()
+                );
+            }
             tokio::time::timeout(Duration::from_secs(10), layer.shutdown())
                 .await
                 .expect("the layer's workers stop within 10 s");
