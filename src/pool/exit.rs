@@ -28,6 +28,14 @@ pub(crate) const MAX_START_FAILURES: u32 = 5;
 /// The wait before the first retry of a failed start; it doubles each time.
 const BACKOFF: Duration = Duration::from_millis(10);
 
+/// The wait before the next start of a worker that failed `failures`
+/// starts in a row: none after a death (the thread had started), then
+/// 10, 20, 40 ms...
+fn backoff(failures: u32) -> Option<Duration> {
+    let doublings = failures.checked_sub(1)?;
+    Some(BACKOFF * 2u32.pow(doublings))
+}
+
 /// How a worker thread's run ended.
 #[derive(Debug)]
 pub(crate) enum End {
@@ -119,8 +127,8 @@ impl Drop for Exit {
         if failures >= MAX_START_FAILURES {
             return self.give_up();
         }
-        if failures > 0 {
-            thread::sleep(BACKOFF * 2u32.pow(failures - 1));
+        if let Some(wait) = backoff(failures) {
+            thread::sleep(wait);
         }
         counters.replaced.fetch_add(1, Relaxed);
         if let Err(error) = worker::spawn(index, self.queues.clone(), core.clone()) {
@@ -128,5 +136,21 @@ impl Drop for Exit {
                 .refused(core.counters.running().saturating_sub(1), &error);
             self.give_up();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No wait after a death; after failed starts, 10 ms doubling.
+    #[test]
+    fn the_backoff_doubles_from_10_ms() {
+        let waits: Vec<_> = (0..MAX_START_FAILURES).map(backoff).collect();
+        let ms = Duration::from_millis;
+        assert_eq!(
+            waits,
+            [None, Some(ms(10)), Some(ms(20)), Some(ms(40)), Some(ms(80))]
+        );
     }
 }
