@@ -20,7 +20,8 @@ use crate::trace;
 /// The longest the supervisor waits between looks while work waits.
 pub(super) const MAX_INTERVAL: Duration = Duration::from_millis(16);
 
-/// How soon the supervisor looks again at a poll it saw blocked once.
+/// How soon the supervisor looks again after a look that saw blocking
+/// when the one before it had not (see `grow`).
 const CONFIRM_AFTER: Duration = Duration::from_micros(500);
 
 /// What one look found.
@@ -50,10 +51,11 @@ struct Seen {
 /// awake spell: under a steady load of quick handlers the shared queue
 /// empties and fills again many times a millisecond, and each time it
 /// fills, the supervisor is woken. Starting over at one look a millisecond,
-/// it woke about a thousand times a second, each time taking a CPU from a
-/// worker or a caller (on 2 cores, the `dispatch` bench's p99 doubled). So
-/// only a park longer than [`MAX_INTERVAL`] (the pool kept up for a while)
-/// or a look that starts a spare brings the fast pace back.
+/// it could wake up to a thousand times a second, each time taking a CPU
+/// from a worker or a caller, and each look is one more chance to mistake a
+/// moment's wait for blocking (see `grow`). So only a park longer than
+/// [`MAX_INTERVAL`] (the pool kept up for a while) or a look that starts a
+/// spare brings the fast pace back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Pace {
     interval: Duration,
@@ -79,8 +81,8 @@ impl Pace {
         }
     }
 
-    /// What a look found: a started spare brings the fast pace back, a
-    /// blocked poll seen once is looked at again soon.
+    /// What a look found: a started spare brings the fast pace back;
+    /// blocking seen for the first time is looked at again soon.
     fn looked(&mut self, look: Look) {
         self.interval = if look.started > 0 {
             BLOCKED_AFTER
