@@ -166,6 +166,12 @@ async fn a_worker_that_cannot_restart_is_given_up_and_its_keys_move() {
     let died = std::time::Instant::now();
     let (status, _) = call(&svc, "/die", Some(&key0)).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    // Sent during the backoff, it waits in worker 0's own queue, and is
+    // answered when the worker is given up (or, sent late, runs on 1).
+    let waiting = tokio::spawn({
+        let (svc, key0) = (svc.clone(), key0.clone());
+        async move { call(&svc, "/", Some(&key0)).await }
+    });
     within("worker 0 given up", async {
         while layer.stats().workers()[0].is_alive() {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -176,6 +182,13 @@ async fn a_worker_that_cannot_restart_is_given_up_and_its_keys_move() {
     // lower bound only, which sleeps guarantee however slow the machine.
     let backoff = died.elapsed();
     assert!(backoff >= Duration::from_millis(150), "{backoff:?}");
+    let answer = within("the request queued for worker 0", waiting)
+        .await
+        .unwrap();
+    assert!(
+        answer.0 == StatusCode::SERVICE_UNAVAILABLE || answer == (StatusCode::OK, "1".into()),
+        "{answer:?}"
+    );
     let stats = layer.stats();
     assert_eq!(stats.workers()[0].start_failures(), 5, "{stats:?}");
     assert_eq!(stats.workers()[0].replaced(), 5);
