@@ -623,3 +623,34 @@ async fn a_spare_starts_once_two_looks_in_a_row_see_blocking() {
     gate.open();
     assert_eq!(within("an answer", blocked).await.unwrap(), "confirm-0");
 }
+
+/// Once its last handle is gone, the pool lets go of everything: the
+/// worker threads and the spares' supervisor end, and the configuration
+/// they share (here, a hook holding a marker) is dropped with them.
+#[tokio::test]
+async fn dropping_the_last_handle_ends_the_supervisor_too() {
+    let marker = Arc::new(());
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(2)
+        .on_thread_start({
+            let marker = marker.clone();
+            move |_: &WorkerId| {
+                let _ = &marker;
+            }
+        })
+        .build();
+    let svc = layer.layer(blocking::service_fn(|_: Request<()>| Response::new(name())));
+    let response = within("an answer", svc.clone().oneshot(Request::new(())))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(Arc::strong_count(&marker), 2, "the pool holds its hook");
+    drop((svc, layer, response));
+    within("the pool's shared state dropped", async {
+        while Arc::strong_count(&marker) > 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+}
