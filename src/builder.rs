@@ -394,9 +394,15 @@ impl Builder {
     /// # let _ = layer;
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn try_build(mut self) -> io::Result<ThreadAffinityLayer> {
+    pub fn try_build(self) -> io::Result<ThreadAffinityLayer> {
+        Pool::launch(self.into_config()).map(ThreadAffinityLayer::from_pool)
+    }
+
+    /// The configuration, settled: `max_workers` at its default if unset,
+    /// and never below `workers`.
+    pub(crate) fn into_config(mut self) -> Config {
         let max = self.max_workers.unwrap_or(DEFAULT_MAX_WORKERS);
         self.config.max_workers = max.max(self.config.workers);
-        Pool::launch(self.config).map(ThreadAffinityLayer::from_pool)
+        self.config
     }
 }

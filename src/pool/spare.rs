@@ -206,3 +206,22 @@ impl Spares {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Spares retire one at a time: after one, the next must wait a
+    /// quarter of the keep-alive, and is told how long is left.
+    #[test]
+    fn a_second_retirement_waits_a_quarter_of_the_keep_alive() {
+        let config = crate::ThreadAffinityLayer::builder()
+            .keep_alive(Duration::from_secs(8))
+            .into_config();
+        let spares = Spares::new(&config);
+        assert_eq!(spares.may_retire(), Ok(()));
+        let wait = spares.may_retire().unwrap_err();
+        assert!(wait > Duration::ZERO, "{wait:?}");
+        assert!(wait <= Duration::from_secs(2), "{wait:?}");
+    }
+}
