@@ -330,8 +330,8 @@ async fn a_spare_builds_and_drops_its_instances_on_its_thread() {
     .await;
 }
 
-/// Spares retire after `keep_alive` without work, and the pool returns to
-/// its core workers.
+/// Spares retire after `keep_alive` without work, the pool returns to its
+/// core workers, and the spares' slots can serve new spares.
 #[tokio::test]
 async fn spares_retire_and_threads_return_to_workers() {
     let (stopped, mut stops) = mpsc::unbounded_channel();
@@ -364,8 +364,15 @@ async fn spares_retire_and_threads_return_to_workers() {
     assert!(stats.workers()[0].is_alive() && !stats.workers()[0].is_spare());
     // The core worker serves on.
     let after = Request::get("/after").body(()).unwrap();
-    let response = within("an answer", svc.oneshot(after)).await.unwrap();
+    let response = within("an answer", svc.clone().oneshot(after))
+        .await
+        .unwrap();
     assert_eq!(collect(response.into_body()).await, name_of(&layer, 0));
+    // The retired spares' slots are free again: the next round of blocked
+    // handlers starts two spares again.
+    let names: HashSet<_> = answers(send_all(&svc, 3)).await.into_iter().collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(layer.stats().spares_started(), 4);
 }
 
 /// When the operating system refuses a spare's thread, no request is lost:
