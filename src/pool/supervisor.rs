@@ -263,6 +263,14 @@ mod tests {
             pace.looked(Look::default());
         }
         assert_eq!(pace.interval(), MAX_INTERVAL);
+        pace.looked(Look {
+            started: 1,
+            suspects: 0,
+        });
+        assert_eq!(pace.interval(), BLOCKED_AFTER, "a spare started: look fast");
+        for _ in 0..10 {
+            pace.looked(Look::default());
+        }
         pace.woken(MAX_INTERVAL);
         assert_eq!(pace.interval(), MAX_INTERVAL, "a short park keeps the pace");
         pace.woken(MAX_INTERVAL + Duration::from_millis(1));
