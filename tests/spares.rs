@@ -661,3 +661,31 @@ async fn dropping_the_last_handle_ends_the_supervisor_too() {
     })
     .await;
 }
+
+/// A thread refused in a look that has just started a spare lowers the
+/// ceiling to the threads running then, that spare included: two core
+/// workers block at once, one spare starts, the next spawn is refused, and
+/// the pool stays at three threads.
+#[tokio::test]
+async fn a_refusal_counts_the_spare_started_just_before() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(2)
+        .max_workers(4)
+        // The two core workers and one spare start; the next spawn fails.
+        .fail_spawns_after(3)
+        .build();
+    let (entered, mut entries) = mpsc::unbounded_channel();
+    let gate = Gate::default();
+    let svc = gated(&layer, entered, gate.clone());
+    let tasks = send_all(&svc, 4);
+    for _ in 0..2 {
+        within("both core workers blocked", entries.recv()).await;
+    }
+    until(&layer, "a refused spawn", |s| s.spawn_failures() >= 1).await;
+    let stats = layer.stats();
+    assert_eq!(stats.max_workers(), 3, "{stats:?}");
+    assert_eq!(stats.threads(), 3, "{stats:?}");
+    gate.open();
+    // Every request is answered (by whichever thread took it first).
+    assert_eq!(answers(tasks).await.len(), 4);
+}
