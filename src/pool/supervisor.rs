@@ -177,6 +177,11 @@ fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, seen: &mut Seen) -> Look 
     spares.stalls.fetch_add(1, Relaxed);
     let room = spares.ceiling.load(SeqCst).saturating_sub(running.len());
     let wanted = shared.len().min(room);
+    if wanted == 0 {
+        // At the ceiling no spare can start: spare the probe its reads of
+        // `/proc`, one per long poll (64 of them a look, at `max_workers`).
+        return Look::default();
+    }
     let blocked: Vec<(usize, u64)> = long
         .iter()
         .copied()
