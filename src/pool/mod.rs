@@ -16,8 +16,8 @@
 //! the next job finds it and wakes it.
 //!
 //! The pool runs `workers` core threads, and spare ones up to
-//! `max_workers` while every running worker is blocked in user code and
-//! unkeyed work waits (`spare`, `probe`). Every per-worker structure (the
+//! `max_workers`, one for each worker blocked in user code while unkeyed
+//! work waits (`spare`, `supervisor`, `probe`). Every per-worker structure (the
 //! counters, the idle list) has a slot for each thread the pool may run,
 //! made when it starts, so spares come and go without a lock or an
 //! allocation on the request path. Keys hash over the core workers only.
