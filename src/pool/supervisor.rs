@@ -169,7 +169,7 @@ fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, seen: &mut Seen) -> Look 
         .iter()
         .map(|&index| (index, counters.poll_started(index)))
         .filter(|&(index, since)| since != 0 && seen.compensated[index] != since)
-        .filter(|&(index, _)| counters.polling_for(index) >= Some(BLOCKED_AFTER))
+        .filter(|&(_, since)| counters.age(since) >= BLOCKED_AFTER)
         .collect();
     if long.is_empty() {
         return Look::default();

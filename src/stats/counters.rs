@@ -62,7 +62,13 @@ impl Counters {
     /// How long worker `index` has been inside its current poll.
     pub(crate) fn polling_for(&self, index: usize) -> Option<Duration> {
         let since = self.workers[index].busy_since.load(Relaxed);
-        (since != 0).then(|| Duration::from_nanos(self.now().saturating_sub(since)))
+        (since != 0).then(|| self.age(since))
+    }
+
+    /// How long ago the poll that began at `since` (see
+    /// [`poll_started`](Self::poll_started)) began.
+    pub(crate) fn age(&self, since: u64) -> Duration {
+        Duration::from_nanos(self.now().saturating_sub(since))
     }
 
     /// When worker `index`'s current poll of user code began (0: none):
@@ -82,9 +88,8 @@ impl Counters {
     /// another begin, while the probe reads its thread's state.
     pub(crate) fn blocked_in(&self, index: usize, since: u64) -> bool {
         let worker = &self.workers[index];
-        let polling = Duration::from_nanos(self.now().saturating_sub(since));
         since != 0
-            && probe::blocked(worker.tid.load(Relaxed), Some(polling))
+            && probe::blocked(worker.tid.load(Relaxed), Some(self.age(since)))
             && self.poll_started(index) == since
     }
 }
