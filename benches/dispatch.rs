@@ -45,7 +45,7 @@ use tower_layer::Layer;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{env_or, loadavg, median, Spread, Watchdog};
+use support::{env_or, loadavg, median, report_spares, Spread, Watchdog};
 
 const CALLERS: usize = 64;
 const THREADS: usize = 2;
@@ -251,15 +251,7 @@ async fn run_variant(name: &str, warmup: Duration, duration: Duration) -> Stats 
                 duration,
             )
             .await;
-            // A trivial handler never blocks: a spare here is a bug.
-            let pool = layer.stats();
-            if pool.spares_started() > 0 {
-                eprintln!(
-                    "{name}: {} spare(s) started, {} supervisor look(s)",
-                    pool.spares_started(),
-                    pool.stalls()
-                );
-            }
+            report_spares(name, &layer);
             stats
         }
         other => unreachable!("unknown variant {other}"),

@@ -71,7 +71,7 @@ use tower_layer::Layer;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{env_or, loadavg, median, Spread, Watchdog};
+use support::{env_or, loadavg, median, report_spares, Spread, Watchdog};
 
 const WORKERS: usize = 2;
 const SERVER_THREADS: usize = 2;
@@ -349,15 +349,7 @@ fn run_variant(
     server_rt.block_on(async {
         server.stop().await;
         if let Some(layer) = layer {
-            // A trivial handler never blocks: a spare here is a bug.
-            let pool = layer.stats();
-            if pool.spares_started() > 0 {
-                eprintln!(
-                    "{name}: {} spare(s) started, {} supervisor look(s)",
-                    pool.spares_started(),
-                    pool.stalls()
-                );
-            }
+            report_spares(name, &layer);
             tokio::time::timeout(Duration::from_secs(10), layer.shutdown())
                 .await
                 .expect("the layer's workers stop within 10 s");

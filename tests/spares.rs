@@ -375,15 +375,18 @@ async fn spares_retire_and_threads_return_to_workers() {
     assert_eq!(layer.stats().spares_started(), 4);
 }
 
-/// When the operating system refuses a spare's thread, no request is lost:
-/// the pool serves on with the threads it has and lowers its ceiling.
-#[tokio::test]
-async fn a_refused_thread_loses_nothing() {
+/// A pool of `workers` core workers (up to 4 threads) whose thread spawns
+/// fail after the first `spawns`, with 4 requests sent to handlers that
+/// wait at the returned gate; returns once two handlers run and a spawn was
+/// refused.
+async fn until_refused(
+    workers: usize,
+    spawns: usize,
+) -> (ThreadAffinityLayer, Gate, Vec<JoinHandle<String>>) {
     let layer = ThreadAffinityLayer::builder()
-        .workers(1)
+        .workers(workers)
         .max_workers(4)
-        // The core worker and one spare start; the next spawn fails.
-        .fail_spawns_after(2)
+        .fail_spawns_after(spawns)
         .build();
     let (entered, mut entries) = mpsc::unbounded_channel();
     let gate = Gate::default();
@@ -393,6 +396,15 @@ async fn a_refused_thread_loses_nothing() {
         within("two handlers running", entries.recv()).await;
     }
     until(&layer, "a refused spawn", |s| s.spawn_failures() >= 1).await;
+    (layer, gate, tasks)
+}
+
+/// When the operating system refuses a spare's thread, no request is lost:
+/// the pool serves on with the threads it has and lowers its ceiling.
+#[tokio::test]
+async fn a_refused_thread_loses_nothing() {
+    // The core worker and one spare start; the next spawn fails.
+    let (layer, gate, tasks) = until_refused(1, 2).await;
     let stats = layer.stats();
     assert_eq!(stats.max_workers(), 2, "{stats:?}");
     assert_eq!(stats.threads(), 2);
@@ -668,20 +680,8 @@ async fn dropping_the_last_handle_ends_the_supervisor_too() {
 /// the pool stays at three threads.
 #[tokio::test]
 async fn a_refusal_counts_the_spare_started_just_before() {
-    let layer = ThreadAffinityLayer::builder()
-        .workers(2)
-        .max_workers(4)
-        // The two core workers and one spare start; the next spawn fails.
-        .fail_spawns_after(3)
-        .build();
-    let (entered, mut entries) = mpsc::unbounded_channel();
-    let gate = Gate::default();
-    let svc = gated(&layer, entered, gate.clone());
-    let tasks = send_all(&svc, 4);
-    for _ in 0..2 {
-        within("both core workers blocked", entries.recv()).await;
-    }
-    until(&layer, "a refused spawn", |s| s.spawn_failures() >= 1).await;
+    // The two core workers and one spare start; the next spawn fails.
+    let (layer, gate, tasks) = until_refused(2, 3).await;
     let stats = layer.stats();
     assert_eq!(stats.max_workers(), 3, "{stats:?}");
     assert_eq!(stats.threads(), 3, "{stats:?}");

@@ -48,6 +48,27 @@ fn row(i: usize) -> Bytes {
     Bytes::copy_from_slice(&row)
 }
 
+/// The rows as the layer's variants and `no layer` yield them: one per item.
+fn rows_body(rows: usize) -> blocking::IterBody<impl Iterator<Item = Result<Bytes, Infallible>>> {
+    blocking::IterBody::new((0..rows).map(|i| Ok(row(i))))
+}
+
+/// Reads `body` to its end: (bytes, data frames).
+async fn read<B>(mut body: B) -> (usize, u64)
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let (mut bytes, mut frames) = (0, 0);
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame.expect("frame").data_ref() {
+            bytes += data.len();
+            frames += 1;
+        }
+    }
+    (bytes, frames)
+}
+
 #[derive(Clone, Copy)]
 enum Variant {
     Ours,
@@ -89,9 +110,7 @@ async fn transfer(
         Variant::Ours | Variant::Unmerged => {
             let layer = &layers[matches!(variant, Variant::Unmerged) as usize];
             let mut svc = layer.layer(blocking::service_fn(move |_: Request<()>| {
-                Response::new(blocking::IterBody::new(
-                    (0..rows).map(|i| Ok::<_, Infallible>(row(i))),
-                ))
+                Response::new(rows_body(rows))
             }));
             let response = svc
                 .ready()
@@ -100,13 +119,7 @@ async fn transfer(
                 .call(Request::new(()))
                 .await
                 .expect("call");
-            let mut body = response.into_body();
-            while let Some(frame) = body.frame().await {
-                if let Some(data) = frame.expect("frame").data_ref() {
-                    bytes += data.len();
-                    frames += 1;
-                }
-            }
+            (bytes, frames) = read(response.into_body()).await;
         }
         Variant::LocalPool => {
             let (tx, mut rx) = mpsc::channel(8);
@@ -123,15 +136,7 @@ async fn transfer(
             }
             producer.await.expect("producer");
         }
-        Variant::NoLayer => {
-            let mut body = blocking::IterBody::new((0..rows).map(|i| Ok::<_, Infallible>(row(i))));
-            while let Some(frame) = body.frame().await {
-                if let Some(data) = frame.expect("frame").data_ref() {
-                    bytes += data.len();
-                    frames += 1;
-                }
-            }
-        }
+        Variant::NoLayer => (bytes, frames) = read(rows_body(rows)).await,
     }
     let elapsed = start.elapsed();
     assert_eq!(bytes, rows * ROW, "{} lost data", variant.name());

@@ -128,3 +128,17 @@ pub fn context_switches() -> u64 {
         })
         .sum()
 }
+
+/// Reports, on stderr, any spare worker `layer`'s pool started: the benches
+/// that call it run trivial handlers, which never block, so a spare there
+/// is a bug.
+pub fn report_spares(name: &str, layer: &tower_affinity::ThreadAffinityLayer) {
+    let pool = layer.stats();
+    if pool.spares_started() > 0 {
+        eprintln!(
+            "{name}: {} spare(s) started, {} supervisor look(s)",
+            pool.spares_started(),
+            pool.stalls()
+        );
+    }
+}
