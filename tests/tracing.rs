@@ -1,8 +1,12 @@
 //! With the `tracing` feature, the worker's events carry the caller's span.
 #![cfg(feature = "tracing")]
 
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
 
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -146,4 +150,110 @@ impl Subscriber for RecorderRef {
     fn exit(&self, s: &Id) {
         self.0.exit(s)
     }
+}
+
+/// Collects the warnings emitted on the thread it is the default of.
+#[derive(Clone, Default)]
+struct Warnings(Arc<Mutex<Vec<String>>>);
+
+impl Warnings {
+    /// Collects on this thread until the guard drops: `shutdown_timeout`
+    /// warns on the thread that awaits it.
+    fn collect() -> (Self, tracing::subscriber::DefaultGuard) {
+        let warnings = Self::default();
+        let guard = tracing::subscriber::set_default(warnings.clone());
+        (warnings, guard)
+    }
+
+    fn taken(&self) -> Vec<String> {
+        std::mem::take(&mut self.0.lock().unwrap())
+    }
+}
+
+impl Subscriber for Warnings {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        *metadata.level() == tracing::Level::WARN
+    }
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        self.0.lock().unwrap().push(message.0);
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+const STUCK_WARNING: &str = "shutdown deadline passed with workers inside user code";
+
+/// `shutdown_timeout` warns when its deadline passes with a worker stuck
+/// in a handler.
+#[tokio::test(flavor = "current_thread")]
+async fn a_shutdown_past_its_deadline_warns_of_stuck_workers() {
+    let (warnings, _guard) = Warnings::collect();
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(1)
+        .build();
+    let (started, mut on_start) = tokio::sync::mpsc::unbounded_channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = Arc::new(Mutex::new(released));
+    let svc = layer.layer(blocking::service_fn(move |_: Request<()>| {
+        started.send(()).unwrap();
+        let _ = released.lock().unwrap().recv();
+        Response::new(String::new())
+    }));
+    let blocked = tokio::spawn(svc.oneshot(Request::new(())));
+    bounded(on_start.recv()).await.unwrap();
+
+    let report = bounded(layer.shutdown_timeout(Duration::from_millis(20))).await;
+    assert_eq!(report.stuck(), &[0]);
+    assert_eq!(warnings.taken(), [STUCK_WARNING]);
+
+    release.send(()).unwrap();
+    bounded(blocked).await.unwrap().unwrap();
+}
+
+/// A deadline that passes with no worker in user code (a stream whose
+/// reader stalled) cuts the stream without that warning.
+#[tokio::test(flavor = "current_thread")]
+async fn a_shutdown_past_its_deadline_with_no_stuck_worker_does_not_warn() {
+    let (warnings, _guard) = Warnings::collect();
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(1)
+        .body_buffer(1)
+        .build();
+    let svc = layer.layer(blocking::service_fn(|_: Request<()>| {
+        let endless = std::iter::repeat_with(|| Ok::<_, Infallible>(Bytes::from_static(b"x")));
+        Response::new(blocking::IterBody::new(endless))
+    }));
+    let mut stalled = bounded(svc.oneshot(Request::new(())))
+        .await
+        .unwrap()
+        .into_body();
+    bounded(stalled.frame()).await.unwrap().unwrap();
+
+    let report = bounded(layer.shutdown_timeout(Duration::from_millis(20))).await;
+    assert!(report.is_complete());
+    assert!(warnings.taken().is_empty());
+    // The deadline did pass: the stream was cut, not ended.
+    loop {
+        match bounded(stalled.frame()).await {
+            Some(Ok(_)) => continue,
+            Some(Err(_)) => break,
+            None => panic!("a cut stream ended cleanly"),
+        }
+    }
+}
+
+/// A hang guard: these tests wait on channels, never on time.
+async fn bounded<F: std::future::Future>(future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(10), future)
+        .await
+        .expect("a step hung")
 }
