@@ -3,7 +3,6 @@
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::poll_fn;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -33,8 +32,10 @@ pub(crate) struct WorkerState {
     /// Whether this is a spare (it serves the shared queue only).
     pub(super) spare: bool,
     // One instance per wrapped service, created on first use on this thread,
-    // dropped here once the service's last handle is gone.
-    services: RefCell<HashMap<u64, Kept>>,
+    // dropped here once the service's last handle is gone. A list, looked up
+    // on every request: a worker serves a few services, and comparing a few
+    // ids costs less than hashing one.
+    services: RefCell<Vec<Kept>>,
     // The pool's count of retired services when this worker last swept.
     swept: Cell<u64>,
     pub(super) load: Rc<Load>,
@@ -77,17 +78,18 @@ impl WorkerState {
         handle: Weak<dyn Any + Send + Sync>,
         make: impl FnOnce() -> S,
     ) -> Rc<RefCell<S>> {
-        if let Some(kept) = self.services.borrow().get(&id) {
+        if let Some(kept) = self.services.borrow().iter().find(|kept| kept.id == id) {
             return Rc::clone(&kept.service)
                 .downcast()
                 .expect("a service id names one service type");
         }
         let service = Rc::new(RefCell::new(make()));
         let kept = Kept {
+            id,
             handle,
             service: service.clone(),
         };
-        self.services.borrow_mut().insert(id, kept);
+        self.services.borrow_mut().push(kept);
         service
     }
 
@@ -102,12 +104,11 @@ impl WorkerState {
         self.swept.set(retired);
         let gone: Vec<Kept> = {
             let mut services = self.services.borrow_mut();
-            let ids: Vec<u64> = services
-                .iter()
-                .filter(|(_, kept)| kept.handle.strong_count() == 0)
-                .map(|(&id, _)| id)
-                .collect();
-            ids.iter().filter_map(|id| services.remove(id)).collect()
+            let (gone, kept) = services
+                .drain(..)
+                .partition(|kept| kept.handle.strong_count() == 0);
+            *services = kept;
+            gone
         };
         // Outside the borrow: a `Drop` may panic, or (in user code) reach
         // back into this worker.
@@ -183,7 +184,7 @@ impl WorkerState {
 
     /// Drops every service instance on this thread, one panic at a time.
     pub(super) fn drop_services(&self) {
-        for (_, instance) in self.services.take() {
+        for instance in self.services.take() {
             drop_guarded(instance);
         }
     }
@@ -191,6 +192,8 @@ impl WorkerState {
 
 /// One worker's instance of a wrapped service.
 struct Kept {
+    /// The service's id (see `Pool::next_service_id`).
+    id: u64,
     /// The service's shared part, alive while any handle or queued job is.
     handle: Weak<dyn Any + Send + Sync>,
     service: Rc<dyn Any>,
