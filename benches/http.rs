@@ -536,5 +536,5 @@ fn main() {
         );
     };
     target("inline", 0.85);
-    target("spawn_blocking", 1.3);
+    target("spawn_blocking", 1.4);
 }
