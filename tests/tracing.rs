@@ -1,12 +1,15 @@
 //! With the `tracing` feature, the worker's events carry the caller's span.
 #![cfg(feature = "tracing")]
 
+mod common;
+
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::within;
 
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -208,14 +211,23 @@ async fn a_shutdown_past_its_deadline_warns_of_stuck_workers() {
         Response::new(String::new())
     }));
     let blocked = tokio::spawn(svc.oneshot(Request::new(())));
-    bounded(on_start.recv()).await.unwrap();
+    within("the handler to start", on_start.recv())
+        .await
+        .unwrap();
 
-    let report = bounded(layer.shutdown_timeout(Duration::from_millis(20))).await;
+    let report = within(
+        "shutdown_timeout",
+        layer.shutdown_timeout(Duration::from_millis(20)),
+    )
+    .await;
     assert_eq!(report.stuck(), &[0]);
     assert_eq!(warnings.taken(), [STUCK_WARNING]);
 
     release.send(()).unwrap();
-    bounded(blocked).await.unwrap().unwrap();
+    within("the blocked request", blocked)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 /// A deadline that passes with no worker in user code (a stream whose
@@ -232,28 +244,25 @@ async fn a_shutdown_past_its_deadline_with_no_stuck_worker_does_not_warn() {
         let endless = std::iter::repeat_with(|| Ok::<_, Infallible>(Bytes::from_static(b"x")));
         Response::new(blocking::IterBody::new(endless))
     }));
-    let mut stalled = bounded(svc.oneshot(Request::new(())))
+    let mut stalled = within("the head", svc.oneshot(Request::new(())))
         .await
         .unwrap()
         .into_body();
-    bounded(stalled.frame()).await.unwrap().unwrap();
+    within("a frame", stalled.frame()).await.unwrap().unwrap();
 
-    let report = bounded(layer.shutdown_timeout(Duration::from_millis(20))).await;
+    let report = within(
+        "shutdown_timeout",
+        layer.shutdown_timeout(Duration::from_millis(20)),
+    )
+    .await;
     assert!(report.is_complete());
     assert!(warnings.taken().is_empty());
     // The deadline did pass: the stream was cut, not ended.
     loop {
-        match bounded(stalled.frame()).await {
+        match within("a frame", stalled.frame()).await {
             Some(Ok(_)) => continue,
             Some(Err(_)) => break,
             None => panic!("a cut stream ended cleanly"),
         }
     }
-}
-
-/// A hang guard: these tests wait on channels, never on time.
-async fn bounded<F: std::future::Future>(future: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), future)
-        .await
-        .expect("a step hung")
 }
