@@ -230,3 +230,26 @@ fn loom_a_worker_that_found_work_is_not_woken_again() {
         assert!(flags[1].woken(), "the second job woke the busy worker");
     });
 }
+
+/// A spare retiring (`leave`) while a submitter claims it for a job:
+/// exactly one of them wins the slot. A spare that retires was claimed by
+/// no one; a spare that was claimed (and woken) stays for the job.
+#[test]
+fn loom_a_claimed_spare_does_not_retire() {
+    loom::model(|| {
+        let (idle, flags) = pool(1);
+        let queues = Queues::default();
+        assert_eq!(idle.take(0, &queues, |_| false), Taken::Waiting);
+        let submitter = {
+            let (idle, shared) = (idle.clone(), queues.shared.clone());
+            thread::spawn(move || {
+                shared.push();
+                idle.wake_any(|_| false)
+            })
+        };
+        let retired = idle.leave(0);
+        let claimed = submitter.join().unwrap();
+        assert_ne!(retired, claimed, "retired: {retired}, claimed: {claimed}");
+        assert_eq!(flags[0].woken(), claimed);
+    });
+}
