@@ -129,12 +129,16 @@ pub(crate) enum Failure {
     Panicked,
     /// The worker thread stopped before answering.
     WorkerGone,
+    /// No thread will serve the request: its worker (or, for a request
+    /// without a key, every core worker) was given up, its thread failing
+    /// to start again and again.
+    NoWorker,
 }
 
 impl Failure {
     fn status(self) -> StatusCode {
         match self {
-            Failure::Overloaded | Failure::ShutDown | Failure::TimedOut => {
+            Failure::Overloaded | Failure::ShutDown | Failure::TimedOut | Failure::NoWorker => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Failure::Panicked | Failure::WorkerGone | Failure::WouldDeadlock => {
@@ -153,6 +157,7 @@ impl Failure {
             }
             Failure::Panicked => "internal error: handler panicked\n",
             Failure::WorkerGone => "internal error: worker thread stopped\n",
+            Failure::NoWorker => "service unavailable: no worker thread could be started\n",
         }
     }
 

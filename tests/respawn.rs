@@ -258,3 +258,34 @@ async fn a_panic_escaping_a_spawned_task_is_counted() {
     assert_eq!(stats.workers()[0].replaced(), 0);
     assert_eq!(call(&svc, "/", None).await, (StatusCode::OK, "0".into()));
 }
+
+/// With every core worker given up, a request has no worker to go to: it
+/// gets `503` at once, keyed or not, not a place in a queue nobody takes
+/// from.
+#[tokio::test]
+async fn a_request_with_every_worker_given_up_gets_503() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(1)
+        .affinity_header(HeaderName::from_static("x-key"))
+        // The first runtime builds; every later one fails.
+        .fail_runtimes_after(1)
+        .build();
+    let svc = service(&layer, false);
+    let (status, _) = call(&svc, "/die", Some("k")).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    within("worker 0 given up", async {
+        while layer.stats().workers()[0].is_alive() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    for key in [Some("k"), Some("other"), None] {
+        let (status, body) = call(&svc, "/", key).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{key:?}: {body}");
+        assert_eq!(
+            body,
+            "service unavailable: no worker thread could be started\n"
+        );
+    }
+}

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::idle::Source;
+use super::queues::reject_queued;
 use super::Pool;
 use crate::error::Failure;
 use crate::{trace, ShutdownReport};
@@ -37,10 +37,10 @@ impl Pool {
         // answer one.
         let counters = &self.inner.core.counters;
         for queues in &self.inner.queues {
-            while let Some(envelope) = queues.take_own().or_else(|| queues.take_shared()) {
-                counters.rejected.fetch_add(1, Ordering::Relaxed);
-                envelope.job.reject(Failure::ShutDown);
+            if let Some(own) = queues.own() {
+                reject_queued(own, counters, Failure::ShutDown);
             }
+            reject_queued(queues.shared(), counters, Failure::ShutDown);
         }
         // Workers that are not stuck drop what they hold and end within a
         // moment; the stuck ones end on their own when their handlers

@@ -7,16 +7,19 @@
 //! be built: file descriptors exhausted, say) is retried with a doubling
 //! backoff; after [`MAX_START_FAILURES`] in a row the pool gives that
 //! worker up: its queued keyed requests get `503`, and its keys go to the
-//! next live core worker (see `Pool::route`). A spare is never replaced:
-//! its slot is freed.
+//! next live core worker (see `Pool::route`). Once every core worker is
+//! given up, every request gets `503`. A spare is never replaced: its slot
+//! is freed.
 
 use std::io;
+use std::sync::atomic::fence;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use super::idle::Source;
+use super::queues::reject_queued;
 use super::worker::{self, Queues};
 use super::Core;
 use crate::error::Failure;
@@ -79,17 +82,27 @@ impl Exit {
         self.core.lifecycle.exited();
     }
 
-    /// No thread will serve this worker's own queue again: answer what it
-    /// holds, and go.
+    /// No thread will serve this worker's own queue again (nor, once every
+    /// core worker is given up, the shared one): answer what it holds, and
+    /// go.
+    ///
+    /// Marked gone first, then the queues are read: a submitter queues,
+    /// then reads the mark (see `Pool::submit`). With a `SeqCst` fence on
+    /// both sides, one of them sees the other's write, so a job queued as
+    /// the worker goes is answered by one of them, never left behind.
     fn give_up(&self) {
         trace::warning!(worker = self.index, "worker given up; its keys move");
-        if let Some(own) = self.queues.own() {
-            while let Ok(envelope) = own.try_recv() {
-                self.core.counters.rejected.fetch_add(1, Relaxed);
-                envelope.job.reject(Failure::ShutDown);
-            }
-        }
+        let core = &self.core;
         self.gone();
+        core.given_up.fetch_add(1, SeqCst);
+        fence(SeqCst);
+        if let Some(own) = self.queues.own() {
+            reject_queued(own, &core.counters, Failure::NoWorker);
+        }
+        if core.all_given_up() {
+            trace::warning!("every core worker given up: requests get 503");
+            reject_queued(self.queues.shared(), &core.counters, Failure::NoWorker);
+        }
     }
 }
 

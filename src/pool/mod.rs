@@ -54,7 +54,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_channel::{Sender, TrySendError};
+use async_channel::{Receiver, Sender, TrySendError};
 use http::Request;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -107,6 +107,7 @@ impl Pool {
             spares: Spares::new(&config),
             id: POOLS.fetch_add(1, Ordering::Relaxed),
             retired: AtomicU64::new(0),
+            given_up: AtomicUsize::new(0),
             spawns_left: AtomicUsize::new(config.spawn_limit.unwrap_or(usize::MAX)),
             runtimes_left: AtomicUsize::new(config.runtime_limit.unwrap_or(usize::MAX)),
             config,
@@ -235,12 +236,27 @@ impl Pool {
             Ok(()) => {
                 counters.admitted.fetch_add(1, Ordering::Relaxed);
                 let core = &self.inner.core;
+                // Woken: a live worker will take the job. Else the queue may
+                // have no worker left (a given-up one's, or the shared
+                // queue of a pool whose core workers were all given up):
+                // read after the job is queued (`Idle::wake` and
+                // `wake_any` begin with a `SeqCst` fence), as `exit.rs`
+                // marks a worker given up before it answers its queue.
+                let queues = &self.inner.queues;
                 match worker {
                     Some(index) => {
-                        core.idle.wake(index);
+                        let woken = core.idle.wake(index);
+                        if !woken && !counters.worker(index).alive.load(Ordering::SeqCst) {
+                            if let Some(own) = queues[index].own() {
+                                self.reject_stranded(own);
+                            }
+                        }
                     }
                     None => {
-                        if !core.idle.wake_any(|i| counters.worker(i).is_polling()) {
+                        let woken = core.idle.wake_any(|i| counters.worker(i).is_polling());
+                        if !woken && core.all_given_up() {
+                            self.reject_stranded(queues[0].shared());
+                        } else if !woken {
                             // Every worker is busy: maybe blocked.
                             core.spares.nudge();
                         }
@@ -256,6 +272,12 @@ impl Pool {
                 })
             }
         }
+    }
+
+    /// Answers what waits in a queue no worker will take from again; the
+    /// job just queued is among it, or was answered by the worker's exit.
+    fn reject_stranded(&self, queue: &Receiver<Envelope>) {
+        queues::reject_queued(queue, &self.inner.core.counters, Failure::NoWorker);
     }
 
     pub(crate) fn stats(&self) -> Stats {

@@ -1,10 +1,23 @@
 //! The queues a worker takes jobs from: its own (keyed jobs; core workers
 //! only) and the shared one.
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use async_channel::Receiver;
 
 use super::idle::Source;
 use super::Envelope;
+use crate::error::Failure;
+use crate::stats::Counters;
+
+/// Answers every job in `queue` with `failure`: for a queue no worker will
+/// take from again.
+pub(super) fn reject_queued(queue: &Receiver<Envelope>, counters: &Counters, failure: Failure) {
+    while let Ok(envelope) = queue.try_recv() {
+        counters.rejected.fetch_add(1, Relaxed);
+        envelope.job.reject(failure);
+    }
+}
 
 /// The receiving ends a worker takes jobs from.
 #[derive(Clone)]

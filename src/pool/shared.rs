@@ -22,6 +22,9 @@ pub(crate) struct Core {
     /// sees it move drops its instances of those services (see
     /// `WorkerState::sweep_retired`).
     pub(crate) retired: AtomicU64,
+    /// Core workers given up (see `exit.rs`). At `config.workers`, no
+    /// thread will ever take a job from the shared queue again.
+    pub(crate) given_up: AtomicUsize,
     /// Thread spawns left before the test seam refuses them.
     pub(super) spawns_left: AtomicUsize,
     /// Runtime builds left before the test seam fails them.
@@ -35,6 +38,11 @@ fn take_one(left: &AtomicUsize) -> bool {
 }
 
 impl Core {
+    /// Whether every core worker was given up.
+    pub(super) fn all_given_up(&self) -> bool {
+        self.given_up.load(Ordering::SeqCst) == self.config.workers
+    }
+
     /// A wrapped service lost its last handle: every worker drops its
     /// instance, on its own thread, at its next turn. Idle workers are woken
     /// for it; their loop sweeps before it waits again.
