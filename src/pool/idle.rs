@@ -241,3 +241,79 @@ impl Idle {
 #[cfg(all(test, tower_affinity_loom))]
 #[path = "idle_loom.rs"]
 mod loom_tests;
+
+#[cfg(all(test, not(tower_affinity_loom)))]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+
+    use super::{Idle, Source, Taken};
+
+    /// Queues with nothing in them.
+    struct Empty;
+
+    impl Source for Empty {
+        type Job = ();
+        fn take_own(&self) -> Option<()> {
+            None
+        }
+        fn take_shared(&self) -> Option<()> {
+            None
+        }
+        fn finished(&self) -> bool {
+            false
+        }
+        fn more_shared(&self) -> bool {
+            false
+        }
+    }
+
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, SeqCst);
+        }
+    }
+
+    /// `slots` slots, of which `waiting` wait: their wake flags.
+    fn waiting(idle: &Idle, waiting: &[usize]) -> Vec<Arc<Flag>> {
+        waiting
+            .iter()
+            .map(|&index| {
+                let flag = Arc::new(Flag::default());
+                idle.set_waker(index, Some(&Waker::from(flag.clone())));
+                assert_eq!(idle.take(index, &Empty, |_| false), Taken::Waiting);
+                flag
+            })
+            .collect()
+    }
+
+    /// An unkeyed job wakes a waiting worker that is not busy in user code
+    /// before a lower one that is, in each word of the idle set.
+    #[test]
+    fn a_job_wakes_a_waiting_worker_that_is_not_busy() {
+        for (busy, free) in [(0, 1), (64, 65), (65, 64)] {
+            let idle = Idle::new(130);
+            let flags = waiting(&idle, &[busy, free]);
+            assert!(idle.wake_any(|index| index == busy));
+            assert!(!flags[0].0.load(SeqCst), "woke busy worker {busy}");
+            assert!(flags[1].0.load(SeqCst), "worker {free} not woken");
+            assert!(idle.is_waiting(busy) && !idle.is_waiting(free));
+        }
+    }
+
+    /// With every waiting worker busy, the lowest one is woken.
+    #[test]
+    fn with_every_waiting_worker_busy_the_lowest_is_woken() {
+        let idle = Idle::new(130);
+        let flags = waiting(&idle, &[66, 65]);
+        assert!(idle.wake_any(|_| true));
+        assert!(flags[1].0.load(SeqCst) && !flags[0].0.load(SeqCst));
+        assert!(idle.wake_any(|_| true));
+        assert!(flags[0].0.load(SeqCst));
+        assert!(!idle.wake_any(|_| true), "nobody waits");
+    }
+}
