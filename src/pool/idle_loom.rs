@@ -253,3 +253,30 @@ fn loom_a_claimed_spare_does_not_retire() {
         assert_eq!(flags[0].woken(), claimed);
     });
 }
+
+/// Two submitters, each with a job, and two waiting workers: each claims a
+/// worker of its own, so both workers are woken, never one twice while the
+/// other sleeps.
+#[test]
+fn loom_two_jobs_wake_two_workers() {
+    loom::model(|| {
+        let (idle, flags) = pool(2);
+        let shared = Arc::new(Queue::default());
+        let (q0, q1) = (Queues::on(&shared), Queues::on(&shared));
+        assert_eq!(idle.take(0, &q0, |_| false), Taken::Waiting);
+        assert_eq!(idle.take(1, &q1, |_| false), Taken::Waiting);
+        let submitters: Vec<_> = (0..2)
+            .map(|_| {
+                let (idle, shared) = (idle.clone(), shared.clone());
+                thread::spawn(move || {
+                    shared.push();
+                    idle.wake_any(|_| false)
+                })
+            })
+            .collect();
+        for submitter in submitters {
+            assert!(submitter.join().unwrap(), "a job found no worker");
+        }
+        assert!(flags[0].woken() && flags[1].woken(), "a worker sleeps");
+    });
+}
