@@ -312,8 +312,10 @@ mod tests {
         let flags = waiting(&idle, &[66, 65]);
         assert!(idle.wake_any(|_| true));
         assert!(flags[1].0.load(SeqCst) && !flags[0].0.load(SeqCst));
+        assert!(idle.anyone_waiting());
         assert!(idle.wake_any(|_| true));
         assert!(flags[0].0.load(SeqCst));
+        assert!(!idle.anyone_waiting());
         assert!(!idle.wake_any(|_| true), "nobody waits");
     }
 }
