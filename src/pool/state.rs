@@ -32,9 +32,9 @@ pub(crate) struct WorkerState {
     /// Whether this is a spare (it serves the shared queue only).
     pub(super) spare: bool,
     // One instance per wrapped service, created on first use on this thread,
-    // dropped here once the service's last handle is gone. A list, looked up
-    // on every request: a worker serves a few services, and comparing a few
-    // ids costs less than hashing one.
+    // dropped here once the service's last handle is gone. Looked up on
+    // every request: a list, since a worker serves a few services, and a
+    // look through a few ids needs no hashing.
     services: RefCell<Vec<Kept>>,
     // The pool's count of retired services when this worker last swept.
     swept: Cell<u64>,
