@@ -5,7 +5,8 @@
 //!
 //! Each test waits on channels and barriers, or on the pool's own counters
 //! (`stalls`: the supervisor's looks) to know that a spare was *not*
-//! started, never on a sleep.
+//! started, never on a sleep; one test sleeps past a `keep_alive`, as a
+//! lower bound that correct code passes however long it lasts.
 
 mod common;
 
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use common::{collect, within};
 use http::{HeaderName, Request, Response};
+use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
@@ -688,4 +690,61 @@ async fn a_refusal_counts_the_spare_started_just_before() {
     gate.open();
     // Every request is answered (by whichever thread took it first).
     assert_eq!(answers(tasks).await.len(), 4);
+}
+
+/// A spare serving a stream is not idle: past its `keep_alive` it still
+/// takes work. Core worker 0 blocks; the spare started for it serves a
+/// stream whose reader stopped (its producer waits for room, off the CPU),
+/// then, long after `keep_alive`, a quick request, which only the spare
+/// can serve. The sleep is a lower bound only: the longer it lasts, the
+/// surer a spare that counted its streaming time as idle would have left.
+#[tokio::test]
+async fn a_spare_serving_a_stream_still_takes_work_past_its_keep_alive() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(2)
+        .keep_alive(Duration::from_millis(20))
+        .body_buffer(1)
+        .merge_frames(0)
+        .build();
+    let (entered, mut entries) = mpsc::unbounded_channel();
+    let gate = Gate::default();
+    let svc = {
+        let gate = gate.clone();
+        layer.layer(blocking::service_fn(move |req: Request<()>| {
+            let body = match req.uri().path() {
+                "/block" => {
+                    let _ = entered.send(name());
+                    gate.wait();
+                    Vec::new()
+                }
+                "/stream" => vec![name(); 1000],
+                _ => vec![name()],
+            };
+            Response::new(blocking::IterBody::from_chunks(body))
+        }))
+    };
+    let get = |path: &str| Request::get(path).body(()).unwrap();
+    let blocked = tokio::spawn(svc.clone().oneshot(get("/block")));
+    assert_eq!(
+        within("worker 0 to block", entries.recv()).await.unwrap(),
+        name_of(&layer, 0)
+    );
+    let stream = within("the stream's head", svc.clone().oneshot(get("/stream")))
+        .await
+        .unwrap();
+    let mut stream = stream.into_body();
+    let first = within("a frame", stream.frame()).await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), name_of(&layer, 1));
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let quick = within("the quick request", svc.clone().oneshot(get("/quick")))
+        .await
+        .unwrap();
+    assert_eq!(collect(quick.into_body()).await, name_of(&layer, 1));
+    assert_eq!(layer.stats().spares_retired(), 0);
+
+    drop(stream);
+    gate.open();
+    within("/block", blocked).await.unwrap().unwrap();
 }
