@@ -16,7 +16,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use common::{collect, within};
+use common::{collect, get, within};
 use http::{Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -113,7 +113,6 @@ async fn a_burst_of_requests_yields_to_running_streams_every_16() {
         })
     };
     let mut svc = layer.layer(handler);
-    let get = |path: &str| Request::get(path).body(()).unwrap();
 
     let stream = within("the stream's head", svc.clone().oneshot(get("/stream")))
         .await

@@ -16,7 +16,7 @@ use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::thread::{self, ThreadId};
 use std::time::Duration;
 
-use common::{collect, within};
+use common::{collect, get, within};
 use http::{HeaderName, Request, Response};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
@@ -724,7 +724,6 @@ async fn a_spare_serving_a_stream_still_takes_work_past_its_keep_alive() {
             Response::new(blocking::IterBody::from_chunks(body))
         }))
     };
-    let get = |path: &str| Request::get(path).body(()).unwrap();
     let blocked = tokio::spawn(svc.clone().oneshot(get("/block")));
     assert_eq!(
         within("worker 0 to block", entries.recv()).await.unwrap(),
