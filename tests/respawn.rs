@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::thread::{self, ThreadId};
 use std::time::Duration;
@@ -18,6 +19,7 @@ use http::{HeaderName, Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{Service, ServiceExt};
 use tower_affinity::{ThreadAffinity, ThreadAffinityLayer, WorkerId};
+use tower_layer::Layer;
 
 /// A panic payload whose `Drop` panics: the panic escapes every shield.
 struct Bomb;
@@ -34,7 +36,7 @@ fn stop_hook() -> (
     std_mpsc::Receiver<(usize, ThreadId)>,
 ) {
     let (tx, rx) = std_mpsc::channel();
-    let tx = std::sync::Mutex::new(tx);
+    let tx = Mutex::new(tx);
     let hook = move |id: &WorkerId| {
         let _ = tx
             .lock()
@@ -288,4 +290,51 @@ async fn a_request_with_every_worker_given_up_gets_503() {
             "service unavailable: no worker thread could be started\n"
         );
     }
+}
+
+/// A worker whose thread dies during a graceful `shutdown`, with keyed
+/// requests still in its own queue, is replaced: the requests are served,
+/// as a shutdown promises, not left in a queue nobody takes from.
+#[tokio::test]
+async fn a_worker_dying_during_shutdown_is_replaced_to_serve_its_queue() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(1)
+        .affinity_header(HeaderName::from_static("x-key"))
+        .build();
+    let (entered, on_entered) = std_mpsc::channel::<()>();
+    let (cue, on_cue) = std_mpsc::channel::<()>();
+    let entered = Arc::new(Mutex::new(entered));
+    let on_cue = Arc::new(Mutex::new(on_cue));
+    let mut svc = layer.layer(tower_affinity::blocking::service_fn(
+        move |request: Request<()>| {
+            if request.uri().path() == "/die" {
+                entered.lock().unwrap().send(()).unwrap();
+                let _ = on_cue.lock().unwrap().recv();
+                std::panic::panic_any(Bomb);
+            }
+            Response::new(String::from("served"))
+        },
+    ));
+    let keyed = |path: &str| Request::get(path).header("x-key", "k").body(()).unwrap();
+    let dying = tokio::spawn(svc.clone().oneshot(keyed("/die")));
+    tokio::task::spawn_blocking(move || on_entered.recv().unwrap())
+        .await
+        .unwrap();
+    // Queued behind `/die`, in the worker's own queue.
+    within("a place in the queue", svc.ready()).await.unwrap();
+    let queued = tokio::spawn(svc.call(keyed("/after")));
+
+    // Its first poll closes the queues; it then waits for the threads.
+    let mut shutdown = std::pin::pin!(layer.shutdown());
+    assert!(futures::poll!(shutdown.as_mut()).is_pending());
+    cue.send(()).unwrap();
+
+    let dying = within("/die", dying).await.unwrap().unwrap();
+    assert_eq!(dying.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let queued = within("/after", queued).await.unwrap().unwrap();
+    assert_eq!(queued.status(), StatusCode::OK);
+    assert_eq!(collect(queued.into_body()).await, "served");
+    within("the shutdown", shutdown).await;
+    assert_eq!(layer.stats().workers()[0].replaced(), 1);
 }
