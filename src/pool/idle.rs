@@ -278,7 +278,8 @@ mod tests {
         }
     }
 
-    /// `slots` slots, of which `waiting` wait: their wake flags.
+    /// Registers each worker of `waiting` as waiting for a job; their wake
+    /// flags, in that order.
     fn waiting(idle: &Idle, waiting: &[usize]) -> Vec<Arc<Flag>> {
         waiting
             .iter()
