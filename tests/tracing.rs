@@ -1,4 +1,5 @@
-//! With the `tracing` feature, the worker's events carry the caller's span.
+//! With the `tracing` feature, the worker's events carry the caller's span, and
+//! a shutdown past its deadline warns of the workers stuck in user code.
 #![cfg(feature = "tracing")]
 
 mod common;
