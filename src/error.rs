@@ -10,6 +10,7 @@
 //! | queue full (reject policy, or a keyed queue) | `503 Service Unavailable`, `Retry-After: 1` | — |
 //! | pool shut down                            | `503 Service Unavailable`| —                            |
 //! | waited past the queue timeout             | `503 Service Unavailable`| —                            |
+//! | no worker thread left (its worker, or every core worker, given up after failing to start again and again) | `503 Service Unavailable` | — |
 //! | a worker calling into itself              | `500 Internal Server Error` | —                         |
 //! | response deadline passed                  | —                        | body error [`Elapsed`]       |
 //! | panic in the inner service                | `500 Internal Server Error` | body error [`Panicked`]   |
