@@ -61,7 +61,7 @@ impl Counters {
 
     /// How long worker `index` has been inside its current poll.
     pub(crate) fn polling_for(&self, index: usize) -> Option<Duration> {
-        let since = self.workers[index].busy_since.load(Relaxed);
+        let since = self.poll_started(index);
         (since != 0).then(|| self.age(since))
     }
 
