@@ -14,7 +14,7 @@ use std::thread::{self, ThreadId};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{collect, within, HANG};
+use common::{collect, until, within, HANG};
 use http::{HeaderName, Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{Service, ServiceExt};
@@ -174,12 +174,7 @@ async fn a_worker_that_cannot_restart_is_given_up_and_its_keys_move() {
         let (svc, key0) = (svc.clone(), key0.clone());
         async move { call(&svc, "/", Some(&key0)).await }
     });
-    within("worker 0 given up", async {
-        while layer.stats().workers()[0].is_alive() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
+    until(&layer, "worker 0 given up", |s| !s.workers()[0].is_alive()).await;
     // The backoff: 10, 20, 40 and 80 ms before the 2nd to 5th tries. A
     // lower bound only, which sleeps guarantee however slow the machine.
     let backoff = died.elapsed();
@@ -249,10 +244,8 @@ async fn a_panic_escaping_a_spawned_task_is_counted() {
     assert_ne!(response.unwrap().status(), StatusCode::OK);
     // The reply may go before the worker has counted (it is still
     // unwinding): wait for the count.
-    within("the panic counted", async {
-        while layer.stats().workers()[0].panicked() == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+    until(&layer, "the panic counted", |s| {
+        s.workers()[0].panicked() > 0
     })
     .await;
     let stats = layer.stats();
@@ -276,12 +269,7 @@ async fn a_request_with_every_worker_given_up_gets_503() {
     let svc = service(&layer, false);
     let (status, _) = call(&svc, "/die", Some("k")).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-    within("worker 0 given up", async {
-        while layer.stats().workers()[0].is_alive() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
+    until(&layer, "worker 0 given up", |s| !s.workers()[0].is_alive()).await;
     for key in [Some("k"), Some("other"), None] {
         let (status, body) = call(&svc, "/", key).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{key:?}: {body}");

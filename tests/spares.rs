@@ -16,7 +16,7 @@ use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::thread::{self, ThreadId};
 use std::time::Duration;
 
-use common::{collect, get, within};
+use common::{collect, get, until, within};
 use http::{HeaderName, Request, Response};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
@@ -100,21 +100,6 @@ async fn answers(tasks: Vec<JoinHandle<String>>) -> Vec<String> {
 /// The thread name of worker `index` (default prefix).
 fn name_of(_: &ThreadAffinityLayer, index: usize) -> String {
     format!("tower-affinity-{index}")
-}
-
-/// Waits until `what` holds of the pool's stats (checked every
-/// millisecond, within the hang guard).
-async fn until(
-    layer: &ThreadAffinityLayer,
-    what: &str,
-    f: impl Fn(&tower_affinity::stats::Stats) -> bool,
-) {
-    within(what, async {
-        while !f(&layer.stats()) {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
 }
 
 /// With one core worker blocked and unkeyed work waiting, spares start:

@@ -21,7 +21,8 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use tower::{Service, ServiceExt};
-use tower_affinity::{BoxError, ThreadAffinityBody};
+use tower_affinity::stats::Stats;
+use tower_affinity::{BoxError, ThreadAffinityBody, ThreadAffinityLayer};
 
 /// The time bound of a test that does not name its own: a guard against a
 /// test that never ends, not a timing claim.
@@ -81,6 +82,17 @@ where
     })
     .await
     .expect("the service failed")
+}
+
+/// Waits until `what` holds of the pool's stats (checked every
+/// millisecond, within the hang guard).
+pub async fn until(layer: &ThreadAffinityLayer, what: &str, f: impl Fn(&Stats) -> bool) {
+    within(what, async {
+        while !f(&layer.stats()) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
 }
 
 /// A `GET` request for `path` with an empty body.
