@@ -50,7 +50,7 @@ mod worker;
 use std::fmt;
 use std::hash::RandomState;
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -60,12 +60,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub(crate) use self::task::Call;
 
-use self::idle::Idle;
-use self::lifecycle::Lifecycle;
 use self::spare::Spares;
 use self::worker::Queues;
 use crate::error::Failure;
-use crate::stats::{Counters, Stats};
+use crate::stats::Stats;
 
 pub(crate) use self::config::Config;
 pub(crate) use self::job::{Envelope, Job, JobHandle};
@@ -98,20 +96,8 @@ impl Pool {
     /// Starts `config.workers` threads (and the spares' supervisor, when
     /// the pool may grow); on failure, the threads already started end.
     pub(crate) fn launch(config: Config) -> io::Result<Self> {
-        static POOLS: AtomicU64 = AtomicU64::new(0);
         let (shared, shared_rx) = async_channel::bounded(config.queue_capacity);
-        let core = Arc::new(Core {
-            counters: Counters::new(config.max_workers),
-            lifecycle: Lifecycle::new(),
-            idle: Idle::new(config.max_workers),
-            spares: Spares::new(&config),
-            id: POOLS.fetch_add(1, Ordering::Relaxed),
-            retired: AtomicU64::new(0),
-            given_up: AtomicUsize::new(0),
-            spawns_left: AtomicUsize::new(config.spawn_limit.unwrap_or(usize::MAX)),
-            runtimes_left: AtomicUsize::new(config.runtime_limit.unwrap_or(usize::MAX)),
-            config,
-        });
+        let core = Arc::new(Core::new(config));
         // A worker's own queue only ever holds keyed requests: without a key
         // function it stays empty, and a bounded queue allocates its room
         // up front (about 56 bytes a place).

@@ -38,6 +38,23 @@ fn take_one(left: &AtomicUsize) -> bool {
 }
 
 impl Core {
+    /// The shared state of a new pool, its threads not yet started.
+    pub(super) fn new(config: Config) -> Self {
+        static POOLS: AtomicU64 = AtomicU64::new(0);
+        Self {
+            counters: Counters::new(config.max_workers),
+            lifecycle: Lifecycle::new(),
+            idle: Idle::new(config.max_workers),
+            spares: Spares::new(&config),
+            id: POOLS.fetch_add(1, Ordering::Relaxed),
+            retired: AtomicU64::new(0),
+            given_up: AtomicUsize::new(0),
+            spawns_left: AtomicUsize::new(config.spawn_limit.unwrap_or(usize::MAX)),
+            runtimes_left: AtomicUsize::new(config.runtime_limit.unwrap_or(usize::MAX)),
+            config,
+        }
+    }
+
     /// Whether every core worker was given up.
     pub(super) fn all_given_up(&self) -> bool {
         self.given_up.load(Ordering::SeqCst) == self.config.workers

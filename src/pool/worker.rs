@@ -297,3 +297,73 @@ fn next(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::pool::Core;
+
+    /// Polls `next` once for a spare (slot 1 of a pool of 1 core worker)
+    /// that finds nothing to do and registers, after idling for longer than
+    /// its keep-alive; `claim` runs between the registration and the poll,
+    /// as a submitter may. Returns what `next` decided, and whether the
+    /// idle spell is still counted.
+    fn spare_past_its_keep_alive(claim: impl FnOnce(&Core)) -> (Poll<Next>, bool) {
+        let config = crate::ThreadAffinityLayer::builder()
+            .workers(1)
+            .max_workers(2)
+            .keep_alive(Duration::from_millis(1))
+            .into_config();
+        let core = Arc::new(Core::new(config));
+        let (_sender, shared) = async_channel::bounded(1);
+        let queues = Queues::spare(shared);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        let spare = 1;
+        let state = WorkerState::new(WorkerId::new(core.id, spare, "spare".into()), core.clone());
+        assert!(state.spare);
+        let taken = core.idle.take(spare, &queues, |_| false);
+        assert!(matches!(taken, Taken::Waiting));
+        claim(&core);
+        // Idle since long before its keep-alive: the timer has fired.
+        let mut idle = IdleTimer {
+            since: Some(Instant::now() - Duration::from_secs(1)),
+            timer: None,
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        let next = next(taken, &mut cx, &state, &mut idle);
+        (next, idle.since.is_some())
+    }
+
+    /// The keep-alive ends a spare that nobody claimed.
+    #[test]
+    fn a_spare_idle_past_its_keep_alive_retires() {
+        let (next, _) = spare_past_its_keep_alive(|_| {});
+        assert!(matches!(next, Poll::Ready(Next::Retire)));
+    }
+
+    /// A spare whose keep-alive ends in the very poll in which a submitter
+    /// claims it (the claim lands between its registration and its look at
+    /// the timer) must stay for the job the claim announces: retiring would
+    /// leave that job to whichever worker next looks at the shared queue.
+    /// The window is inside one poll of the event loop, so the test drives
+    /// `next` by hand, with the claim placed in it.
+    #[test]
+    fn a_spare_claimed_as_its_keep_alive_ends_stays_for_the_job() {
+        let (next, still_idle) = spare_past_its_keep_alive(|core| {
+            assert!(core.idle.wake_any(|_| false), "the spare was waiting");
+        });
+        assert!(
+            matches!(next, Poll::Pending),
+            "a claimed spare retired instead of taking its job"
+        );
+        // The idle spell ended: its next poll looks for the job afresh.
+        assert!(!still_idle);
+    }
+}
