@@ -11,6 +11,10 @@
 //!   on the runtime thread (the ceiling);
 //! - `spawn_blocking`: the same, with the `format!` in
 //!   `tokio::task::spawn_blocking`, awaited in the handler;
+//! - `naive_pool`: the same, with the `format!` sent round-robin to 2 std
+//!   threads through `std::sync::mpsc` and answered through a tokio
+//!   oneshot: the simplest hop to a dedicated thread and back, what any
+//!   design that runs the handler on another thread pays at least;
 //! - `tower_affinity`: `ThreadAffinityLayer` with 2 workers around
 //!   `blocking::service_fn`, mounted with `Router::route_service`;
 //! - `tower_affinity_router`: the `inline` router with `.layer(layer)`
@@ -50,7 +54,8 @@ use std::future::IntoFuture;
 use std::hint::black_box;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -95,9 +100,10 @@ fn blocking_hello(request: Request<axum::body::Body>) -> Response<String> {
     response
 }
 
-const VARIANTS: [&str; 4] = [
+const VARIANTS: [&str; 5] = [
     "inline",
     "spawn_blocking",
+    "naive_pool",
     "tower_affinity",
     "tower_affinity_router",
 ];
@@ -127,6 +133,23 @@ fn app(name: &str) -> (Router, Option<ThreadAffinityLayer>) {
             ),
             None,
         ),
+        "naive_pool" => {
+            let pool = naive_pool();
+            let router = Router::new().route(
+                "/",
+                get(move |uri: Uri| {
+                    let pool = pool.clone();
+                    async move {
+                        let (tx, rx) = oneshot::channel();
+                        let n = pool.next.fetch_add(1, Relaxed);
+                        let sender = &pool.senders[n % pool.senders.len()];
+                        sender.send((uri, tx)).expect("naive worker");
+                        rx.await.expect("naive reply")
+                    }
+                }),
+            );
+            (router, None)
+        }
         "tower_affinity" => {
             let layer = layer();
             let svc = layer.layer(blocking::service_fn(blocking_hello));
@@ -141,6 +164,38 @@ fn app(name: &str) -> (Router, Option<ThreadAffinityLayer>) {
         }
         other => unreachable!("unknown variant {other}"),
     }
+}
+
+/// The naive pool's request: the URI, and where to answer.
+type NaiveJob = (Uri, oneshot::Sender<String>);
+
+/// 2 std threads fed round-robin through `std::sync::mpsc`, each answering
+/// through a tokio oneshot: the simplest hop to a dedicated thread, run to
+/// completion. The threads end when the router (the senders) is dropped.
+struct NaivePool {
+    senders: Vec<mpsc::Sender<NaiveJob>>,
+    next: AtomicUsize,
+}
+
+fn naive_pool() -> Arc<NaivePool> {
+    let senders = (0..WORKERS)
+        .map(|i| {
+            let (tx, rx) = mpsc::channel::<NaiveJob>();
+            thread::Builder::new()
+                .name(format!("{WORKER_PREFIX}-n{i}"))
+                .spawn(move || {
+                    for (uri, reply) in rx {
+                        let _ = reply.send(hello(&uri));
+                    }
+                })
+                .expect("naive worker thread");
+            tx
+        })
+        .collect();
+    Arc::new(NaivePool {
+        senders,
+        next: Default::default(),
+    })
 }
 
 /// `axum::serve` on an ephemeral loopback port, shut down gracefully.
