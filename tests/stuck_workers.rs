@@ -207,6 +207,42 @@ async fn shutdown_timeout_returns_while_a_worker_is_stuck() {
     assert_eq!(stuck.calls_to("/queued"), 0);
 }
 
+/// The same for a keyed request, which waits in the stuck worker's own
+/// queue rather than the shared one: `shutdown_timeout` answers it `503`
+/// while the worker is still stuck, and the handler never runs for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_timeout_answers_a_keyed_request_queued_behind_a_stuck_worker() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(1)
+        // Every request keyed: all of them go to worker 0's own queue.
+        .affinity_key(|_| Some("one key"))
+        .build();
+    let (svc, mut stuck) = stuck_service(&layer);
+    let blocked = tokio::spawn(svc.clone().oneshot(get("/block")));
+    stuck.started().await;
+    let queued = tokio::spawn(svc.clone().oneshot(get("/queued")));
+    within("the keyed request to queue", async {
+        while layer.stats().workers()[0].queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+
+    let report = within(
+        "shutdown_timeout",
+        layer.shutdown_timeout(Duration::from_millis(50)),
+    )
+    .await;
+    assert_eq!(report.stuck(), &[0]);
+    let queued = within("the keyed request", queued).await.unwrap().unwrap();
+    assert_eq!(queued.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    stuck.release.send(()).unwrap();
+    within("/block", blocked).await.unwrap().unwrap();
+    assert_eq!(stuck.calls_to("/queued"), 0);
+}
+
 /// A shutdown that finishes in time reports itself complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_timeout_in_time_is_complete() {

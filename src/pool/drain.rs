@@ -36,10 +36,12 @@ impl Pool {
         // Each job leaves a queue once, so this and the workers never both
         // answer one.
         let counters = &self.inner.core.counters;
-        for queues in &self.inner.queues {
-            if let Some(own) = queues.own() {
-                reject_queued(own, counters, Failure::ShutDown);
-            }
+        let queues = &self.inner.queues;
+        for own in queues.iter().filter_map(|queues| queues.own()) {
+            reject_queued(own, counters, Failure::ShutDown);
+        }
+        // One shared queue, which every worker's `Queues` holds.
+        if let Some(queues) = queues.first() {
             reject_queued(queues.shared(), counters, Failure::ShutDown);
         }
         // Workers that are not stuck drop what they hold and end within a
