@@ -107,3 +107,54 @@ async fn many_short_lived_services_leave_no_instances() {
     .await;
     assert!(seen.iter().all(|&s| s));
 }
+
+/// A worker busy in a handler when a service loses its last handle drops
+/// that service's instance at its next turn, before it serves the request
+/// queued meanwhile: a worker that always has work still sweeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_drops_a_retired_instance_before_its_next_request() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        // No spare: the queued request waits for this worker.
+        .max_workers(1)
+        .build();
+    let (tx, mut dropped) = mpsc::unbounded_channel();
+    let retired = probed(&layer, 1, &tx);
+    within("the instance to be made", retired.clone().oneshot(get("/")))
+        .await
+        .unwrap();
+
+    // A service that blocks its worker on `/block` until released, and
+    // reports into the same channel as the probe when it serves `/next`.
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+    let served = tx.clone();
+    let other = layer.service(blocking::service_fn(move |req: Request<()>| {
+        if req.uri().path() == "/block" {
+            started_tx.send(()).unwrap();
+            release_rx.lock().unwrap().recv().unwrap();
+        } else {
+            served.send((2, thread::current().id())).unwrap();
+        }
+        Response::new(Full::new(Bytes::new()))
+    }));
+    let blocked = tokio::spawn(other.clone().oneshot(get("/block")));
+    within("the handler to block", started.recv())
+        .await
+        .unwrap();
+    let next = tokio::spawn(other.clone().oneshot(get("/next")));
+    common::until(&layer, "the request to queue", |s| s.queued() == 1).await;
+
+    drop(retired);
+    release.send(()).unwrap();
+    within("/block", blocked).await.unwrap().unwrap();
+    within("/next", next).await.unwrap().unwrap();
+    let first = within("an event", dropped.recv()).await.unwrap().0;
+    let second = within("an event", dropped.recv()).await.unwrap().0;
+    assert_eq!(
+        (first, second),
+        (1, 2),
+        "the retired instance (1) must drop before the next request (2) runs"
+    );
+}

@@ -269,6 +269,70 @@ mod tests {
         }
     }
 
+    /// Queues in which something turns up on the second look: a job in
+    /// the own queue, a job in the shared one, or the end (`finished`),
+    /// as when it arrives between a worker's first look and its
+    /// registration, and the look after the registration finds it.
+    #[derive(Default)]
+    struct Late {
+        looks: std::cell::Cell<u32>,
+        own: bool,
+        shared: bool,
+    }
+
+    impl Late {
+        fn second_look(&self, this: bool) -> bool {
+            this && self.looks.get() >= 1
+        }
+    }
+
+    impl Source for Late {
+        type Job = ();
+        fn take_own(&self) -> Option<()> {
+            self.second_look(self.own).then_some(())
+        }
+        fn take_shared(&self) -> Option<()> {
+            self.second_look(self.shared).then_some(())
+        }
+        fn finished(&self) -> bool {
+            // The last check of a look: the next one is the second.
+            let finished = self.second_look(!self.own && !self.shared);
+            self.looks.set(self.looks.get() + 1);
+            finished
+        }
+        fn more_shared(&self) -> bool {
+            false
+        }
+    }
+
+    /// A worker that registered, then found a job (or the end) on its look
+    /// after registering, is no longer in the idle set: a submitter would
+    /// claim it for a job while it serves another, or after it is gone,
+    /// and wake no one who can take it.
+    #[test]
+    fn what_the_look_after_registering_finds_takes_the_worker_out_of_the_set() {
+        for (own, shared, expected) in [
+            (true, false, Taken::Job(())),
+            (false, true, Taken::Job(())),
+            (false, false, Taken::Finished),
+        ] {
+            let idle = Idle::new(2);
+            let late = Late {
+                own,
+                shared,
+                ..Late::default()
+            };
+            assert_eq!(idle.take(1, &late, |_| false), expected);
+            // A first look found nothing: the worker registered.
+            assert!(late.looks.get() >= 1);
+            assert!(
+                !idle.is_waiting(1),
+                "{expected:?} left the worker in the set"
+            );
+            assert!(!idle.anyone_waiting());
+        }
+    }
+
     #[derive(Default)]
     struct Flag(AtomicBool);
 
