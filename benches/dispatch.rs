@@ -29,15 +29,13 @@
 
 use std::future::Future;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
-use tokio::sync::oneshot;
 use tokio_util::task::LocalPoolHandle;
 use tower::{Service, ServiceExt};
 use tower_affinity::{blocking, ThreadAffinityLayer};
@@ -45,7 +43,7 @@ use tower_layer::Layer;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{env_or, loadavg, median, report_spares, Spread, Watchdog};
+use support::{env_or, loadavg, median, report_spares, NaivePool, Spread, Watchdog};
 
 const CALLERS: usize = 64;
 const THREADS: usize = 2;
@@ -135,45 +133,6 @@ where
     drive(call, duration).await
 }
 
-/// A request for the naive pool, with where to answer it.
-type NaiveJob = (Request<u64>, oneshot::Sender<Response<String>>);
-
-/// Two std threads, each owning a `std::sync::mpsc` receiver, fed round-robin.
-struct NaivePool {
-    senders: Vec<mpsc::Sender<NaiveJob>>,
-    next: AtomicUsize,
-}
-
-impl NaivePool {
-    fn new(threads: usize) -> Self {
-        let senders = (0..threads)
-            .map(|i| {
-                let (tx, rx) = mpsc::channel::<NaiveJob>();
-                thread::Builder::new()
-                    .name(format!("naive-{i}"))
-                    .spawn(move || {
-                        for (request, reply) in rx {
-                            let _ = reply.send(handler(request));
-                        }
-                    })
-                    .expect("spawn");
-                tx
-            })
-            .collect();
-        Self {
-            senders,
-            next: AtomicUsize::new(0),
-        }
-    }
-
-    fn call(&self, request: Request<u64>) -> oneshot::Receiver<Response<String>> {
-        let (tx, rx) = oneshot::channel();
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
-        self.senders[i].send((request, tx)).expect("naive worker");
-        rx
-    }
-}
-
 const VARIANTS: [&str; 6] = [
     "inline",
     "spawn_blocking",
@@ -220,7 +179,7 @@ async fn run_variant(name: &str, warmup: Duration, duration: Duration) -> Stats 
             .await
         }
         "naive_pool" => {
-            let pool = NaivePool::new(THREADS);
+            let pool = NaivePool::new(THREADS, "naive", handler);
             measure(
                 move |n| {
                     let response = pool.call(Request::new(n));

@@ -54,8 +54,7 @@ use std::future::IntoFuture;
 use std::hint::black_box;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -76,7 +75,7 @@ use tower_layer::Layer;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{env_or, loadavg, median, report_spares, Spread, Watchdog};
+use support::{env_or, loadavg, median, report_spares, NaivePool, Spread, Watchdog};
 
 const WORKERS: usize = 2;
 const SERVER_THREADS: usize = 2;
@@ -134,18 +133,16 @@ fn app(name: &str) -> (Router, Option<ThreadAffinityLayer>) {
             None,
         ),
         "naive_pool" => {
-            let pool = naive_pool();
+            // Named like the layer's workers, so that their CPU counts as
+            // the server's.
+            let pool = Arc::new(NaivePool::new(WORKERS, WORKER_PREFIX, |uri: Uri| {
+                hello(&uri)
+            }));
             let router = Router::new().route(
                 "/",
                 get(move |uri: Uri| {
-                    let pool = pool.clone();
-                    async move {
-                        let (tx, rx) = oneshot::channel();
-                        let n = pool.next.fetch_add(1, Relaxed);
-                        let sender = &pool.senders[n % pool.senders.len()];
-                        sender.send((uri, tx)).expect("naive worker");
-                        rx.await.expect("naive reply")
-                    }
+                    let answer = pool.call(uri);
+                    async move { answer.await.expect("naive reply") }
                 }),
             );
             (router, None)
@@ -164,38 +161,6 @@ fn app(name: &str) -> (Router, Option<ThreadAffinityLayer>) {
         }
         other => unreachable!("unknown variant {other}"),
     }
-}
-
-/// The naive pool's request: the URI, and where to answer.
-type NaiveJob = (Uri, oneshot::Sender<String>);
-
-/// 2 std threads fed round-robin through `std::sync::mpsc`, each answering
-/// through a tokio oneshot: the simplest hop to a dedicated thread, run to
-/// completion. The threads end when the router (the senders) is dropped.
-struct NaivePool {
-    senders: Vec<mpsc::Sender<NaiveJob>>,
-    next: AtomicUsize,
-}
-
-fn naive_pool() -> Arc<NaivePool> {
-    let senders = (0..WORKERS)
-        .map(|i| {
-            let (tx, rx) = mpsc::channel::<NaiveJob>();
-            thread::Builder::new()
-                .name(format!("{WORKER_PREFIX}-n{i}"))
-                .spawn(move || {
-                    for (uri, reply) in rx {
-                        let _ = reply.send(hello(&uri));
-                    }
-                })
-                .expect("naive worker thread");
-            tx
-        })
-        .collect();
-    Arc::new(NaivePool {
-        senders,
-        next: Default::default(),
-    })
 }
 
 /// `axum::serve` on an ephemeral loopback port, shut down gracefully.

@@ -1,9 +1,16 @@
 //! What every bench needs: knobs from the environment, a watchdog against
-//! hangs, the load average (to judge a run's noise), and a median.
+//! hangs, the load average (to judge a run's noise), a median, and the
+//! naive pool baseline.
 //!
 //! Included by each bench with `#[path = "support/mod.rs"] mod support;`;
 //! not every bench uses every item.
 #![allow(dead_code)]
+
+mod naive;
+
+// Not every bench has a naive pool line.
+#[allow(unused_imports)]
+pub use naive::NaivePool;
 
 use std::str::FromStr;
 use std::thread;
