@@ -398,3 +398,42 @@ async fn shutdown_timeout_cuts_a_stream_whose_reader_keeps_up() {
         frames.len()
     );
 }
+
+/// A graceful `shutdown` (no deadline) answers the callers waiting for a
+/// place in a full queue at once, with `503`, although the only worker is
+/// stuck and no place will free up until it returns; the request already
+/// queued is still served once it does, as a graceful shutdown promises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_answers_callers_waiting_for_a_place_at_once() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(1)
+        .queue_capacity(1)
+        .build();
+    let (svc, mut stuck) = stuck_service(&layer);
+    let blocked = tokio::spawn(svc.clone().oneshot(get("/block")));
+    stuck.started().await;
+    // The one place in the queue, taken.
+    let mut queued_svc = svc.clone();
+    within("a place", queued_svc.ready()).await.unwrap();
+    let queued = tokio::spawn(queued_svc.call(get("/queued")));
+    let waiter = tokio::spawn(svc.clone().oneshot(get("/waiter")));
+    let shutdown = {
+        let layer = layer.clone();
+        tokio::spawn(async move { layer.shutdown().await })
+    };
+
+    // The worker is still stuck: only the shutdown can answer the waiter.
+    let response = within("the waiter", waiter).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = common::collect(response.into_body()).await;
+    assert_eq!(String::from_utf8_lossy(&body), "service is shutting down\n");
+    assert!(!shutdown.is_finished());
+
+    stuck.release.send(()).unwrap();
+    within("/block", blocked).await.unwrap().unwrap();
+    let queued = within("/queued", queued).await.unwrap().unwrap();
+    assert_eq!(queued.status(), StatusCode::OK);
+    within("shutdown", shutdown).await.unwrap();
+    assert_eq!(stuck.calls_to("/waiter"), 0);
+}
