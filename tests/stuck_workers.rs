@@ -257,6 +257,47 @@ async fn shutdown_timeout_in_time_is_complete() {
     assert!(report.stuck().is_empty());
 }
 
+type Answer =
+    tokio::task::JoinHandle<Result<Response<tower_affinity::ThreadAffinityBody>, Infallible>>;
+
+/// A pool of one worker (no spare), stuck in `/block`, whose queue of one
+/// place holds `/queued`: the next caller waits for a place.
+struct Full<S> {
+    layer: ThreadAffinityLayer,
+    svc: S,
+    stuck: Stuck,
+    blocked: Answer,
+    queued: Answer,
+}
+
+async fn full_queue_behind_a_stuck_worker() -> Full<
+    impl Service<
+            Request<()>,
+            Response = Response<tower_affinity::ThreadAffinityBody>,
+            Error = Infallible,
+            Future = tower_affinity::future::ResponseFuture<Infallible>,
+        > + Clone,
+> {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(1)
+        .queue_capacity(1)
+        .build();
+    let (svc, mut stuck) = stuck_service(&layer);
+    let blocked = tokio::spawn(svc.clone().oneshot(get("/block")));
+    stuck.started().await;
+    let mut queued_svc = svc.clone();
+    within("a place", queued_svc.ready()).await.unwrap();
+    let queued = tokio::spawn(queued_svc.call(get("/queued")));
+    Full {
+        layer,
+        svc,
+        stuck,
+        blocked,
+        queued,
+    }
+}
+
 /// Callers waiting for a place in a full queue when the pool shuts down are
 /// told it is shutting down, never that it is overloaded: the queues close
 /// before admission wakes them.
@@ -264,19 +305,13 @@ async fn shutdown_timeout_in_time_is_complete() {
 async fn callers_racing_a_shutdown_are_told_it_is_shutting_down() {
     const WAITERS: usize = 16;
     for _round in 0..20 {
-        let layer = ThreadAffinityLayer::builder()
-            .workers(1)
-            // No spare: every worker stays stuck.
-            .max_workers(1)
-            .queue_capacity(1)
-            .build();
-        let (svc, mut stuck) = stuck_service(&layer);
-        let blocked = tokio::spawn(svc.clone().oneshot(get("/block")));
-        stuck.started().await;
-        // The one place in the queue, taken.
-        let mut queued_svc = svc.clone();
-        within("a place", queued_svc.ready()).await.unwrap();
-        let queued = tokio::spawn(queued_svc.call(get("/queued")));
+        let Full {
+            layer,
+            svc,
+            stuck,
+            blocked,
+            queued,
+        } = full_queue_behind_a_stuck_worker().await;
         let waiters: Vec<_> = (0..WAITERS)
             .map(|_| tokio::spawn(svc.clone().oneshot(get("/waiter"))))
             .collect();
@@ -405,18 +440,13 @@ async fn shutdown_timeout_cuts_a_stream_whose_reader_keeps_up() {
 /// queued is still served once it does, as a graceful shutdown promises.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_shutdown_answers_callers_waiting_for_a_place_at_once() {
-    let layer = ThreadAffinityLayer::builder()
-        .workers(1)
-        .max_workers(1)
-        .queue_capacity(1)
-        .build();
-    let (svc, mut stuck) = stuck_service(&layer);
-    let blocked = tokio::spawn(svc.clone().oneshot(get("/block")));
-    stuck.started().await;
-    // The one place in the queue, taken.
-    let mut queued_svc = svc.clone();
-    within("a place", queued_svc.ready()).await.unwrap();
-    let queued = tokio::spawn(queued_svc.call(get("/queued")));
+    let Full {
+        layer,
+        svc,
+        stuck,
+        blocked,
+        queued,
+    } = full_queue_behind_a_stuck_worker().await;
     let waiter = tokio::spawn(svc.clone().oneshot(get("/waiter")));
     let shutdown = {
         let layer = layer.clone();
