@@ -36,14 +36,10 @@ impl Pool {
         // Each job leaves a queue once, so this and the workers never both
         // answer one.
         let counters = &self.inner.core.counters;
-        let queues = &self.inner.queues;
-        for own in queues.iter().filter_map(|queues| queues.own()) {
+        for own in self.inner.queues.iter().filter_map(|queues| queues.own()) {
             reject_queued(own, counters, Failure::ShutDown);
         }
-        // One shared queue, which every worker's `Queues` holds.
-        if let Some(queues) = queues.first() {
-            reject_queued(queues.shared(), counters, Failure::ShutDown);
-        }
+        reject_queued(self.inner.shared_queue(), counters, Failure::ShutDown);
         // Workers that are not stuck drop what they hold and end within a
         // moment; the stuck ones end on their own when their handlers
         // return, dropping what they hold on their own thread.

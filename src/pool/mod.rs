@@ -240,11 +240,13 @@ impl Pool {
                     }
                     None => {
                         let woken = core.idle.wake_any(|i| counters.worker(i).is_polling());
-                        if !woken && core.all_given_up() {
-                            self.reject_stranded(queues[0].shared());
-                        } else if !woken {
-                            // Every worker is busy: maybe blocked.
-                            core.spares.nudge();
+                        if !woken {
+                            if core.all_given_up() {
+                                self.reject_stranded(self.inner.shared_queue());
+                            } else {
+                                // Every worker is busy: maybe blocked.
+                                core.spares.nudge();
+                            }
                         }
                     }
                 }
@@ -278,6 +280,12 @@ impl Pool {
 }
 
 impl Dispatch {
+    /// The receiving end of the shared queue, which every worker's `Queues`
+    /// holds a copy of (`queues` is never empty: a pool has a core worker).
+    fn shared_queue(&self) -> &Receiver<Envelope> {
+        self.queues[0].shared()
+    }
+
     /// Closes the queues and wakes the workers and the supervisor to see it.
     fn close(&self) {
         // The queues first: a caller that wakes in `poll_ready` because
