@@ -18,9 +18,12 @@ pub(crate) fn traceback(py: Python<'_>, what: &str, error: &PyErr) {
 }
 
 fn format_exception(py: Python<'_>, error: &PyErr) -> PyResult<String> {
-    let lines = py
-        .import("traceback")?
-        .call_method1("format_exception", (error.value(py),))?;
+    // The traceback from the error itself: on Python 3.11 the value's
+    // `__traceback__` may not be set yet.
+    let lines = py.import("traceback")?.call_method1(
+        "format_exception",
+        (error.get_type(py), error.value(py), error.traceback(py)),
+    )?;
     PyString::new(py, "")
         .call_method1("join", (lines,))?
         .extract()

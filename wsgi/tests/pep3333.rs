@@ -221,3 +221,143 @@ async fn input_streams() {
 fn tokio_stream<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_core::Stream<Item = T> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+/// `write()` data comes first, in order, then the iterable's items; the
+/// iterable is closed once, on the thread that called the application.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_callable() {
+    within(async {
+        let addr = server().await;
+        assert_eq!(get(addr, "/write", "write").await.text(), "one,two,three");
+        let seen = wait_for("write", "close").await;
+        assert_eq!(count(&seen, "close"), 1);
+        assert_one_thread(&seen);
+        assert_valid().await;
+    })
+    .await;
+}
+
+/// `start_response` may be called from the first iteration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_response_late() {
+    within(async {
+        let addr = server().await;
+        let answer = get(addr, "/late", "late").await;
+        assert_eq!(answer.status, StatusCode::CREATED);
+        assert_eq!(answer.text(), "started late");
+        assert_one_thread(&events("late").await);
+        assert_valid().await;
+    })
+    .await;
+}
+
+/// Before the head is sent, `exc_info` replaces the status and headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exc_info_before_head() {
+    within(async {
+        let addr = server().await;
+        let answer = get(addr, "/exc-before", "exc-before").await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.text(), "sorry");
+        assert_valid().await;
+    })
+    .await;
+}
+
+/// After the head is sent, `exc_info` is re-raised and the body ends with
+/// an error, after the bytes already sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exc_info_after_head() {
+    within(async {
+        let addr = server().await;
+        let answer = get(addr, "/exc-after", "exc-after").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(answer.body.is_err(), "{:?}", answer.body);
+        assert_valid().await;
+    })
+    .await;
+}
+
+/// An exception before the head answers 500 with a fixed body that says
+/// nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exception_before_head() {
+    within(async {
+        let addr = server().await;
+        let answer = get(addr, "/raise", "raise").await;
+        assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(answer.text(), "Internal Server Error\n");
+        assert_eq!(answer.headers["content-type"], "text/plain; charset=utf-8");
+        // Never calling start_response is the application's error too.
+        let answer = get(addr, "/no-start", "no-start").await;
+        assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!answer.text().contains("head"));
+    })
+    .await;
+}
+
+/// An exception after the head ends the body with an error (the client
+/// sees a cut response), and close() still runs once on the request's
+/// thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exception_after_head() {
+    within(async {
+        let addr = server().await;
+        let answer = get(addr, "/raise-later", "raise-later").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(answer.body.is_err(), "{:?}", answer.body);
+        let seen = wait_for("raise-later", "close").await;
+        assert_eq!(count(&seen, "close"), 1);
+        assert_one_thread(&seen);
+        assert_valid().await;
+    })
+    .await;
+}
+
+/// The application's Content-Length is the exact size: once that many
+/// bytes went out, the iterable is closed without being asked for more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_is_exact() {
+    within(async {
+        let addr = server().await;
+        let answer = get(addr, "/length", "length").await;
+        assert_eq!(answer.headers["content-length"], "256");
+        assert_eq!(answer.body.as_ref().unwrap().len(), 256);
+        let seen = wait_for("length", "close").await;
+        assert_eq!(count(&seen, "next"), 3, "{seen:?}");
+        assert_eq!(count(&seen, "close"), 1);
+        // A body shorter than its Content-Length fails, never ends short.
+        let answer = get(addr, "/short", "short").await;
+        assert!(answer.body.is_err(), "{:?}", answer.body);
+        assert_valid().await;
+    })
+    .await;
+}
+
+/// `wsgi.file_wrapper` streams a file, whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_wrapper() {
+    within(async {
+        let addr = server().await;
+        let path = std::env::temp_dir().join(format!("wsgi-file-{}", std::process::id()));
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let answer = get(addr, &format!("/file?{}", path.display()), "file").await;
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(answer.headers["content-length"], "100000");
+        assert_eq!(answer.body.unwrap(), data);
+        assert_valid().await;
+    })
+    .await;
+}
+
+/// `wsgi.errors` takes text through write, writelines and flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_stream() {
+    within(async {
+        let addr = server().await;
+        assert_eq!(get(addr, "/errors", "errors").await.text(), "logged");
+        assert_valid().await;
+    })
+    .await;
+}

@@ -88,6 +88,9 @@ def forever(size):
 
 TEXT = [("Content-Type", "text/plain")]
 
+# Per-thread state, as Django keeps its database connections.
+_local = threading.local()
+
 
 def raw(environ, start_response):
     path = environ["PATH_INFO"]
@@ -192,6 +195,10 @@ def raw(environ, start_response):
     if path == "/forever":
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return Recorded(tag, forever(int(environ.get("QUERY_STRING") or "65536")))
+    if path == "/local":
+        _local.count = getattr(_local, "count", 0) + 1
+        start_response("200 OK", TEXT)
+        return [b"%d %d" % (_local.count, threading.get_ident())]
     if path == "/no-start":
         return [b"no head"]
     start_response("404 Not Found", TEXT)

@@ -103,7 +103,7 @@ where
             let sys = py.import("sys").unwrap();
             sys.getattr("path")
                 .unwrap()
-                .call_method1("insert", (0, apps()))
+                .call_method1("insert", (0, apps().to_str().unwrap()))
                 .unwrap();
             py.import(module)
                 .unwrap()
