@@ -28,12 +28,20 @@ fn count(events: &Events, what: &str) -> usize {
 fn assert_one_thread(events: &Events) {
     let (_, ident, name) = &events[0];
     assert!(name.starts_with("tower-affinity"), "ran on {name}");
-    assert!(events.iter().all(|(_, other, _)| other == ident), "{events:?}");
+    assert!(
+        events.iter().all(|(_, other, _)| other == ident),
+        "{events:?}"
+    );
 }
 
 /// Sends a GET on a raw connection and reads until `bytes` of the
 /// response arrived; the caller decides when to stop reading.
-async fn start_reading(addr: std::net::SocketAddr, path: &str, tag: &str, bytes: usize) -> tokio::net::TcpStream {
+async fn start_reading(
+    addr: std::net::SocketAddr,
+    path: &str,
+    tag: &str,
+    bytes: usize,
+) -> tokio::net::TcpStream {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nX-Tag: {tag}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -55,7 +63,10 @@ async fn close_once_when_ended_or_failed() {
     within(async {
         let layer = ThreadAffinityLayer::builder().workers(2).build();
         let addr = server(&layer).await;
-        assert_eq!(get(addr, "/recorded?3", "ended").await.text(), "chunk0\nchunk1\nchunk2\n");
+        assert_eq!(
+            get(addr, "/recorded?3", "ended").await.text(),
+            "chunk0\nchunk1\nchunk2\n"
+        );
         assert!(get(addr, "/raise-later", "failed").await.body.is_err());
         for tag in ["ended", "failed"] {
             let seen: Events = python("pep3333_app", "wait_for", (tag, "close")).await;
@@ -100,13 +111,19 @@ async fn thread_locals_persist() {
         // Python starts here, off the worker: the thread that starts the
         // interpreter keeps its state anyway, and the worker must not be it.
         assert_eq!(common::problems().await, Vec::<String>::new());
-        let layer = ThreadAffinityLayer::builder().workers(1).max_workers(1).build();
+        let layer = ThreadAffinityLayer::builder()
+            .workers(1)
+            .max_workers(1)
+            .build();
         let addr = server(&layer).await;
         let mut answers = Vec::new();
         for _ in 0..3 {
             answers.push(get(addr, "/local", "local").await.text());
         }
-        let counts: Vec<&str> = answers.iter().map(|a| a.split(' ').next().unwrap()).collect();
+        let counts: Vec<&str> = answers
+            .iter()
+            .map(|a| a.split(' ').next().unwrap())
+            .collect();
         assert_eq!(counts, ["1", "2", "3"], "{answers:?}");
     })
     .await;
@@ -119,7 +136,10 @@ async fn thread_locals_persist() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_hold_no_thread() {
     within(async {
-        let layer = ThreadAffinityLayer::builder().workers(1).max_workers(1).build();
+        let layer = ThreadAffinityLayer::builder()
+            .workers(1)
+            .max_workers(1)
+            .build();
         let addr = server(&layer).await;
         let tags: Vec<String> = (0..8).map(|i| format!("slow-{i}")).collect();
         let mut stalled = Vec::new();

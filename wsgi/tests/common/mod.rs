@@ -121,3 +121,18 @@ where
 pub async fn problems() -> Vec<String> {
     python("pep3333_app", "problems", ()).await
 }
+
+/// Whether the Python package `module` imports. Without it, a test says
+/// how to install it and passes, except under `CI=true`, where it fails.
+pub async fn require(module: &'static str, install: &'static str) -> bool {
+    let spec: Option<Py<PyAny>> = python("importlib.util", "find_spec", (module,)).await;
+    let found = spec.is_some();
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{module} is not installed (CI=true): {install}"
+        );
+        eprintln!("skipped: the Python package {module} is missing; install it with `{install}`");
+    }
+    found
+}
