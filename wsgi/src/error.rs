@@ -29,3 +29,28 @@ impl fmt::Display for AppError {
 }
 
 impl Error for AppError {}
+
+/// The application could not be imported (see [`Wsgi::load`]); its
+/// traceback went to the log.
+///
+/// [`Wsgi::load`]: crate::Wsgi::load
+#[derive(Debug)]
+pub struct LoadError {
+    message: String,
+}
+
+impl LoadError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Error for LoadError {}

@@ -93,6 +93,6 @@ mod thread_state;
 
 pub use self::body::WsgiBody;
 pub use self::builder::Builder;
-pub use self::error::AppError;
+pub use self::error::{AppError, LoadError};
 pub use self::service::Wsgi;
 pub use tower_affinity::BoxError;

@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use crate::app::App;
 use crate::builder::{Builder, Config};
-use crate::{respond, thread_state, BoxError, WsgiBody};
+use crate::{respond, thread_state, BoxError, LoadError, WsgiBody};
 
 /// A WSGI application as a [`Service`], to run behind a
 /// [`ThreadAffinityLayer`](tower_affinity::ThreadAffinityLayer).
@@ -58,6 +58,34 @@ impl Wsgi {
     /// Starts configuring a service.
     pub fn builder() -> Builder {
         Builder::new()
+    }
+
+    /// Imports the application now, on the calling thread, rather than on
+    /// the first request: for a program that wants to fail at start. Run it
+    /// where Python may run, on a worker:
+    ///
+    /// ```no_run
+    /// use http::{Request, Response};
+    /// use tower::ServiceExt;
+    /// use tower_affinity::{blocking, ThreadAffinityLayer};
+    /// use tower_affinity_wsgi::Wsgi;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let layer = ThreadAffinityLayer::new(2);
+    /// let wsgi = Wsgi::import("app:app");
+    /// let load = blocking::service_fn({
+    ///     let wsgi = wsgi.clone();
+    ///     move |_: Request<()>| Response::new(wsgi.load().err().map(|e| e.to_string()).unwrap_or_default())
+    /// });
+    /// let response = layer.service(load).oneshot(Request::new(())).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn load(&self) -> Result<(), LoadError> {
+        Python::attach(|py| {
+            thread_state::pin(py);
+            self.app.get(py).map(drop).map_err(LoadError::new)
+        })
     }
 
     pub(crate) fn from_parts(app: Arc<App>, config: Arc<Config>) -> Self {
