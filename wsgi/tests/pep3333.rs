@@ -361,3 +361,47 @@ async fn errors_stream() {
     })
     .await;
 }
+
+/// A body over `max_request_body` is refused: `413` when its
+/// Content-Length says so, before the application runs; a read error
+/// (so a `500` here) when a chunked body turns out longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_body_limit() {
+    within(async {
+        let layer = ThreadAffinityLayer::builder().workers(1).build();
+        let wsgi = Wsgi::builder()
+            .python_path(common::apps())
+            .max_request_body(10)
+            .import("pep3333_app:application");
+        let addr = common::serve(Router::new().fallback_service(layer.service(wsgi))).await;
+        let request = Request::post("/echo")
+            .header("x-tag", "limit")
+            .body(Full::new(Bytes::from_static(b"twenty bytes of body")))
+            .unwrap();
+        assert_eq!(
+            send(addr, request).await.status,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert!(events("limit").await.is_empty(), "the application ran");
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let body = http_body_util::StreamBody::new(tokio_stream(rx));
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let request = Request::post(format!("http://{addr}/echo"))
+            .body(body)
+            .unwrap();
+        let response = tokio::spawn(client.request(request));
+        tx.send(Ok::<_, std::io::Error>(http_body::Frame::data(
+            Bytes::from_static(b"twenty bytes of body"),
+        )))
+        .await
+        .unwrap();
+        drop(tx);
+        let response = response.await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let answer = send(addr, post("/echo", "short")).await;
+        assert_eq!(answer.text(), "5:short|");
+    })
+    .await;
+}
