@@ -105,7 +105,10 @@ where
             return internal_error();
         }
     };
-    let mut iterable = iterable.expect("the application returned");
+    // Set by the application's return, before the first chunk was asked.
+    let Some(mut iterable) = iterable else {
+        return internal_error();
+    };
     match build(&head, parts.method == Method::HEAD) {
         Ok(response) => finish(py, response, iterable, head, first, ended),
         Err(message) => {
