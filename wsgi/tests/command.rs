@@ -12,7 +12,6 @@ use std::process::{Child, Command, Stdio};
 
 use bytes::Bytes;
 use common::{get, within};
-use http_body::Frame;
 use http_body_util::BodyExt;
 use pyo3::prelude::*;
 
@@ -79,18 +78,8 @@ async fn serves_and_stops_gracefully() {
 
         // A stream in flight: its head and first chunk are here, and its
         // second waits for the rest of the request body.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-        let upload = http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| {
-            rx.poll_recv(cx)
-                .map(|chunk| chunk.map(|c| Ok::<_, std::io::Error>(Frame::data(c))))
-        }));
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
-        let request = http::Request::post(format!("http://{addr}/slow"))
-            .body(upload)
-            .unwrap();
-        let response = client.request(request).await.unwrap();
+        let (tx, response) = common::upload(addr, "/slow", "");
+        let response = response.await.unwrap();
         let mut body = response.into_body();
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "first,");

@@ -183,30 +183,14 @@ async fn input_reads() {
 async fn input_streams() {
     within(async {
         let addr = server().await;
-        let (tx, rx) =
-            tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(1);
-        let body = http_body_util::StreamBody::new(tokio_stream(rx));
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
-        let request = Request::post(format!("http://{addr}/stream-in"))
-            .header("x-tag", "stream-in")
-            .body(body)
-            .unwrap();
-        let response = tokio::spawn(client.request(request));
-        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"start"))))
-            .await
-            .unwrap();
+        let (tx, response) = common::upload(addr, "/stream-in", "stream-in");
+        tx.send(Bytes::from_static(b"start")).await.unwrap();
         // The application has the first bytes; the rest is not sent yet.
         let seen = wait_for("stream-in", "got start").await;
         assert_eq!(count(&seen, "got start"), 1);
-        tx.send(Ok(http_body::Frame::data(Bytes::from_static(
-            b" and the rest",
-        ))))
-        .await
-        .unwrap();
+        tx.send(Bytes::from_static(b" and the rest")).await.unwrap();
         drop(tx);
-        let response = response.await.unwrap().unwrap();
+        let response = response.await.unwrap();
         let body = http_body_util::BodyExt::collect(response.into_body())
             .await
             .unwrap()
@@ -215,11 +199,6 @@ async fn input_streams() {
         assert_valid().await;
     })
     .await;
-}
-
-/// A receiver as a `Stream`, for a request body fed by the test.
-fn tokio_stream<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_core::Stream<Item = T> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// `write()` data comes first, in order, then the iterable's items; the
@@ -383,22 +362,12 @@ async fn request_body_limit() {
             StatusCode::PAYLOAD_TOO_LARGE
         );
         assert!(events("limit").await.is_empty(), "the application ran");
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let body = http_body_util::StreamBody::new(tokio_stream(rx));
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
-        let request = Request::post(format!("http://{addr}/echo"))
-            .body(body)
+        let (tx, response) = common::upload(addr, "/echo", "limit");
+        tx.send(Bytes::from_static(b"twenty bytes of body"))
+            .await
             .unwrap();
-        let response = tokio::spawn(client.request(request));
-        tx.send(Ok::<_, std::io::Error>(http_body::Frame::data(
-            Bytes::from_static(b"twenty bytes of body"),
-        )))
-        .await
-        .unwrap();
         drop(tx);
-        let response = response.await.unwrap().unwrap();
+        let response = response.await.unwrap();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let answer = send(addr, post("/echo", "short")).await;
         assert_eq!(answer.text(), "5:short|");

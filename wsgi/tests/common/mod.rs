@@ -136,3 +136,28 @@ pub async fn require(module: &'static str, install: &'static str) -> bool {
     }
     found
 }
+
+/// A POST of `path` whose body the test feeds chunk by chunk through the
+/// returned sender (dropping it ends the body); the response arrives on
+/// the handle.
+pub fn upload(
+    addr: SocketAddr,
+    path: &str,
+    tag: &str,
+) -> (
+    tokio::sync::mpsc::Sender<Bytes>,
+    tokio::task::JoinHandle<http::Response<hyper::body::Incoming>>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let body = http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok::<_, std::io::Error>(http_body::Frame::data(c))))
+    }));
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::post(format!("http://{addr}{path}"))
+        .header("x-tag", tag)
+        .body(body)
+        .unwrap();
+    let response = tokio::spawn(async move { client.request(request).await.unwrap() });
+    (tx, response)
+}
