@@ -1,9 +1,10 @@
 //! Where Python's complaints go: `wsgi.errors`, and the tracebacks of
 //! exceptions the gateway catches.
 //!
-//! Both go to `tracing` (target `wsgi`) when a subscriber is installed,
-//! and to the process's stderr otherwise, so that nothing is lost in a
-//! program that never set one up.
+//! Both go to `tracing` when a subscriber is installed (the gateway's own
+//! messages at `ERROR` with target `wsgi`, the application's `wsgi.errors`
+//! lines at `WARN` with target `wsgi.errors`), and to the process's stderr
+//! otherwise, so that nothing is lost in a program that never set one up.
 
 use std::sync::Mutex;
 
@@ -29,12 +30,22 @@ fn format_exception(py: Python<'_>, error: &PyErr) -> PyResult<String> {
         .extract()
 }
 
-/// One message, to the subscriber if there is one, else to stderr.
+/// One message of the gateway's, to the subscriber if there is one, else
+/// to stderr.
 pub(crate) fn line(text: &str) {
     if tracing::dispatcher::has_been_set() {
         tracing::error!(target: "wsgi", "{text}");
     } else {
         eprintln!("[tower-affinity-wsgi] {text}");
+    }
+}
+
+/// One line the application wrote to `wsgi.errors`.
+fn app_line(text: &str) {
+    if tracing::dispatcher::has_been_set() {
+        tracing::warn!(target: "wsgi.errors", "{text}");
+    } else {
+        eprintln!("[wsgi.errors] {text}");
     }
 }
 
@@ -55,11 +66,11 @@ impl ErrorStream {
     fn emit(partial: &mut String, flush: bool) {
         while let Some(end) = partial.find('\n') {
             let rest = partial.split_off(end + 1);
-            line(partial.trim_end_matches(['\r', '\n']));
+            app_line(partial.trim_end_matches(['\r', '\n']));
             *partial = rest;
         }
         if flush && !partial.is_empty() {
-            line(partial);
+            app_line(partial);
             partial.clear();
         }
     }

@@ -68,7 +68,14 @@ async fn close_once_when_ended_or_failed() {
             "chunk0\nchunk1\nchunk2\n"
         );
         assert!(get(addr, "/raise-later", "failed").await.body.is_err());
-        for tag in ["ended", "failed"] {
+        // A chunk that is not bytes fails the body as an exception does (the
+        // unwrapped application: the validator would stop it first).
+        let raw = Wsgi::builder()
+            .python_path(common::apps())
+            .import("pep3333_app:raw");
+        let raw_addr = common::serve(Router::new().fallback_service(layer.service(raw))).await;
+        assert!(get(raw_addr, "/not-bytes", "not-bytes").await.body.is_err());
+        for tag in ["ended", "failed", "not-bytes"] {
             let seen: Events = python("pep3333_app", "wait_for", (tag, "close")).await;
             assert_eq!(count(&seen, "close"), 1, "{tag}: {seen:?}");
             assert_one_thread(&seen);

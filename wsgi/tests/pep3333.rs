@@ -267,7 +267,10 @@ async fn exception_before_head() {
         assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(answer.text(), "Internal Server Error\n");
         assert_eq!(answer.headers["content-type"], "text/plain; charset=utf-8");
-        // Never calling start_response is the application's error too.
+        // So are a second start_response without exc_info, and never
+        // calling it at all.
+        let answer = get(addr, "/twice", "twice").await;
+        assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
         let answer = get(addr, "/no-start", "no-start").await;
         assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!answer.text().contains("head"));

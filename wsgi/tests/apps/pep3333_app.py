@@ -199,6 +199,13 @@ def raw(environ, start_response):
         _local.count = getattr(_local, "count", 0) + 1
         start_response("200 OK", TEXT)
         return [b"%d %d" % (_local.count, threading.get_ident())]
+    if path == "/twice":
+        start_response("200 OK", TEXT)
+        start_response("201 Created", TEXT)
+        return [b"twice"]
+    if path == "/not-bytes":
+        start_response("200 OK", TEXT)
+        return Recorded(tag, [b"bytes, then ", "a str"])
     if path == "/no-start":
         return [b"no head"]
     start_response("404 Not Found", TEXT)
