@@ -64,7 +64,7 @@ impl Builder {
                 max_workers: workers,
                 keep_alive: Duration::from_secs(10),
                 spawn_limit: None,
-                runtime_limit: None,
+                start_limit: None,
                 queue_capacity: 1024,
                 max_streams_per_worker: 256,
                 body_buffer: 8,
@@ -158,11 +158,11 @@ impl Builder {
         self
     }
 
-    /// Test seam: worker runtimes after the first `n` fail to build, as if
-    /// the process were out of file descriptors.
+    /// Test seam: worker starts after the first `n` fail on their thread,
+    /// as if the process were out of resources.
     #[doc(hidden)]
-    pub fn fail_runtimes_after(mut self, n: usize) -> Self {
-        self.config.runtime_limit = Some(n);
+    pub fn fail_starts_after(mut self, n: usize) -> Self {
+        self.config.start_limit = Some(n);
         self
     }
 

@@ -24,8 +24,8 @@ pub(crate) struct Config {
     pub(crate) keep_alive: Duration,
     /// Test seam: thread spawns past this many fail.
     pub(crate) spawn_limit: Option<usize>,
-    /// Test seam: worker runtimes past this many fail to build.
-    pub(crate) runtime_limit: Option<usize>,
+    /// Test seam: worker starts past this many fail.
+    pub(crate) start_limit: Option<usize>,
     pub(crate) queue_capacity: usize,
     pub(crate) max_streams_per_worker: usize,
     pub(crate) body_buffer: usize,

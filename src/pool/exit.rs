@@ -48,7 +48,7 @@ pub(crate) enum End {
     Retired,
     /// A panic escaped the shields.
     Died,
-    /// The thread could not build its runtime.
+    /// The thread could not start (the test seam).
     FailedStart(io::Error),
 }
 

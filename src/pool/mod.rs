@@ -30,11 +30,13 @@
 
 mod config;
 mod drain;
+mod driver;
 mod exit;
 mod idle;
 mod job;
 mod lifecycle;
 mod load;
+mod park;
 pub(crate) mod probe;
 mod pump;
 mod queues;
@@ -97,7 +99,7 @@ impl Pool {
     /// the pool may grow); on failure, the threads already started end.
     pub(crate) fn launch(config: Config) -> io::Result<Self> {
         let (shared, shared_rx) = async_channel::bounded(config.queue_capacity);
-        let core = Arc::new(Core::new(config));
+        let core = Arc::new(Core::new(config)?);
         // A worker's own queue only ever holds keyed requests: without a key
         // function it stays empty, and a bounded queue allocates its room
         // up front (about 56 bytes a place).

@@ -52,7 +52,7 @@ pub(super) async fn stream_body<B>(
     // Yield once before producing more: the head and first frame are out,
     // and the worker's event loop and other streams get their turn before
     // this one fills its buffer.
-    tokio::task::yield_now().await;
+    super::park::yield_now().await;
     match pump(body.as_mut(), &tx, stream, &active).await {
         Pumped::Done => trace::debug!("ended"),
         // The sender drops without an end marker: the reader gets a body
@@ -169,7 +169,7 @@ where
         polled += 1;
         if queued >= FRAMES_PER_TURN || polled >= POLLS_PER_TURN {
             (queued, polled) = (0, 0);
-            tokio::task::yield_now().await;
+            super::park::yield_now().await;
         }
     }
 }

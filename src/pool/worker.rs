@@ -20,7 +20,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::{io, thread};
 
 use tokio::time::{Instant, Sleep};
@@ -32,7 +32,7 @@ pub(crate) use super::load::Active;
 pub(crate) use super::queues::Queues;
 pub(crate) use super::state::WorkerState;
 use super::unwind::guard;
-use super::{probe, Core, Envelope};
+use super::{park, probe, Core, Envelope};
 use crate::error::Failure;
 use crate::{trace, WorkerId};
 
@@ -71,38 +71,36 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> End {
     if let Some(hook) = &core.config.on_thread_start {
         let _ = guard(|| hook(&id));
     }
-    let runtime = match core.build_runtime() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            stop_hook(core, &id);
-            return End::FailedStart(error);
-        }
-    };
+    if let Err(error) = core.start_worker() {
+        stop_hook(core, &id);
+        return End::FailedStart(error);
+    }
+    // User code on this thread sees the driver's runtime as current, as
+    // code under `spawn_blocking` sees its runtime's, and is not inside a
+    // `block_on` (see `park.rs`).
+    let _entered = core.driver.handle().enter();
     core.counters.worker(index).started();
     let local = tokio::task::LocalSet::new();
     let state = WorkerState::new(id, core.clone());
+    // The idle list and an abort wake this loop through this waker, the
+    // thread's own for its life.
+    let (waker, unpark) = park::waker();
+    core.idle.set_waker(index, Some(&waker));
     // A panic that escapes the shields (a panic payload whose `Drop`
     // panics, say) must not unwind through the services and tasks: a
     // second panic in one of their `Drop`s would abort the process.
     let served = catch_unwind(AssertUnwindSafe(|| {
-        local.block_on(&runtime, async {
+        let serving = local.run_until(async {
             let mut serving = pin!(serve(queues, &state));
-            let mut waker: Option<Waker> = None;
             poll_fn(|cx| {
-                // The idle list and an abort wake this loop through the
-                // waker stored in its slot; it only changes if the
-                // runtime's does.
-                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    waker = Some(cx.waker().clone());
-                    core.idle.set_waker(index, waker.as_ref());
-                }
                 if core.lifecycle.is_aborting() {
                     return Poll::Ready(false);
                 }
                 serving.as_mut().poll(cx)
             })
             .await
-        })
+        });
+        park::block_on(serving, &waker, &unpark)
     }));
     let end = match served {
         Ok(true) => End::Retired,
@@ -129,7 +127,6 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> End {
     let _ = guard(move || drop(local));
     state.drop_services();
     stop_hook(core, &state.id);
-    let _ = guard(move || drop(runtime));
     end
 }
 
@@ -175,7 +172,7 @@ async fn serve(queues: &Queues, state: &WorkerState) -> bool {
         admitted += 1;
         if admitted % ADMIT_PER_TURN == 0 {
             // The local tasks only run while this loop is pending.
-            tokio::task::yield_now().await;
+            park::yield_now().await;
         }
     };
     // Let the requests already started finish before the services go.
@@ -317,7 +314,7 @@ mod tests {
             .max_workers(2)
             .keep_alive(Duration::from_millis(1))
             .into_config();
-        let core = Arc::new(Core::new(config));
+        let core = Arc::new(Core::new(config).unwrap());
         let (_sender, shared) = async_channel::bounded(1);
         let queues = Queues::spare(shared);
         let runtime = tokio::runtime::Builder::new_current_thread()
