@@ -67,17 +67,18 @@ pub(crate) fn block_on<F: Future>(future: F, waker: &Waker, unpark: &Unpark) -> 
             return output;
         }
         // Taken out of the cell first: a wake may run user code (a waker of
-        // its own) that yields again.
-        let yielded = DEFERRED.with(|deferred| {
-            deferred
-                .borrow_mut()
-                .as_mut()
-                .map(std::mem::take)
-                .unwrap_or_default()
-        });
-        for waker in yielded {
+        // its own) that yields again. Put back after, so that its room is
+        // reused: a yield costs no allocation.
+        let mut yielded = DEFERRED
+            .with(|deferred| deferred.borrow_mut().as_mut().map(std::mem::take))
+            .unwrap_or_default();
+        for waker in yielded.drain(..) {
             waker.wake();
         }
+        DEFERRED.with(|deferred| match deferred.borrow_mut().as_mut() {
+            Some(list) if list.is_empty() => *list = yielded,
+            _ => {}
+        });
         // `park` may return spuriously (or for a token that user code
         // left): the flag, not the return, says that something woke us.
         while !unpark.woken.swap(false, AcqRel) {
