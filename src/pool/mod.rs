@@ -62,6 +62,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub(crate) use self::task::Call;
 
+use self::idle::Woken;
 use self::spare::Spares;
 use self::worker::Queues;
 use crate::error::Failure;
@@ -240,17 +241,15 @@ impl Pool {
                             }
                         }
                     }
-                    None => {
-                        let woken = core.idle.wake_any(|i| counters.worker(i).is_polling());
-                        if !woken {
-                            if core.all_given_up() {
-                                self.reject_stranded(self.inner.shared_queue());
-                            } else {
-                                // Every worker is busy: maybe blocked.
-                                core.spares.nudge();
-                            }
+                    None => match core.idle.wake_any(|i| counters.worker(i).is_polling()) {
+                        Woken::Free => {}
+                        Woken::Nobody if core.all_given_up() => {
+                            self.reject_stranded(self.inner.shared_queue());
                         }
-                    }
+                        // Every worker is busy, or the one woken is inside
+                        // a poll of user code: maybe blocked there.
+                        Woken::Nobody | Woken::Busy => core.spares.nudge(),
+                    },
                 }
                 Ok(())
             }

@@ -255,8 +255,13 @@ fn next(
             Poll::Ready(Next::Job(envelope))
         }
         Taken::Finished => Poll::Ready(Next::Finished),
-        Taken::Waiting if !state.spare || state.load.active() > 0 => {
+        Taken::Waiting if !state.spare => Poll::Pending,
+        Taken::Waiting if state.load.active() > 0 => {
             idle.since = None;
+            // Its idle time starts when its last request ends. One that
+            // ends in a local task, not inline, wakes nobody else: without
+            // this, the spare would wait with no timer, never to retire.
+            state.load.wake_on_exit(cx.waker());
             Poll::Pending
         }
         Taken::Waiting => {
@@ -354,7 +359,7 @@ mod tests {
     #[test]
     fn a_spare_claimed_as_its_keep_alive_ends_stays_for_the_job() {
         let (next, still_idle) = spare_past_its_keep_alive(|core| {
-            assert!(core.idle.wake_any(|_| false), "the spare was waiting");
+            assert!(core.idle.wake_any(|_| false).any(), "the spare was waiting");
         });
         assert!(
             matches!(next, Poll::Pending),
