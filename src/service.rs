@@ -122,10 +122,14 @@ impl<S> ThreadAffinity<S> {
         };
         // An unkeyed request may go to any worker: only a single-worker
         // pool is sure to need the caller itself.
-        let target = match (worker, pool.config().workers) {
-            (Some(index), _) => index,
-            (None, 1) => 0,
-            (None, _) => return false,
+        // Unkeyed, only a pool of one thread, spares included, has no
+        // other to serve the call: with spares allowed, the calling worker
+        // blocks waiting for the answer, and a spare starts for it.
+        let config = pool.config();
+        let target = match (worker, config.workers, config.max_workers) {
+            (Some(index), _, _) => index,
+            (None, 1, 1) => 0,
+            (None, _, _) => return false,
         };
         me.is(pool.id(), target)
     }

@@ -178,8 +178,47 @@ async fn a_job_woken_for_a_worker_blocked_in_a_local_task_gets_a_spare() {
     .await;
     resume.send(()).unwrap();
     let blocked = tokio::task::spawn_blocking(move || on_entered.recv().unwrap());
-    within("worker 0 blocked in its task", blocked).await.unwrap();
+    within("worker 0 blocked in its task", blocked)
+        .await
+        .unwrap();
     assert_eq!(answer(&svc, "/quick").await, "local-1");
     gate.open();
     within("the parked request", parked).await.unwrap().unwrap();
+}
+
+/// A task a handler spawns with `spawn_local`, blocked in user code, is
+/// seen by the blocked probe as its worker's: the next job gets a spare.
+/// (Only the request tasks' polls were marked; such a task left its worker
+/// looking free, and the job waited for it.)
+#[tokio::test]
+async fn a_worker_blocked_in_a_task_its_handler_spawned_gets_a_spare() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(2)
+        .thread_name("spawned")
+        .build();
+    let gate = Gate::default();
+    let (entered, on_entered) = std::sync::mpsc::channel::<String>();
+    let entered = Arc::new(Mutex::new(entered));
+    let door = gate.clone();
+    let svc = layer.layer(tower::service_fn(move |request: Request<()>| {
+        let (entered, door) = (entered.clone(), door.clone());
+        async move {
+            if request.uri().path() == "/spawn" {
+                tokio::task::spawn_local(async move {
+                    entered.lock().unwrap().send(name()).unwrap();
+                    door.wait();
+                });
+            }
+            Ok::<_, Infallible>(Response::new(name()))
+        }
+    }));
+    assert_eq!(answer(&svc, "/spawn").await, "spawned-0");
+    let blocked = tokio::task::spawn_blocking(move || on_entered.recv().unwrap());
+    assert_eq!(
+        within("the task blocked", blocked).await.unwrap(),
+        "spawned-0"
+    );
+    assert_eq!(answer(&svc, "/quick").await, "spawned-1");
+    gate.open();
 }

@@ -153,16 +153,12 @@ impl WorkerState {
         let mut cx = Context::from_waker(Waker::noop());
         // The inline poll uses a no-op waker: if the task is pending, the
         // spawned task is polled again at once and registers its real waker.
-        let pending = {
-            let _polling = self.core.counters.polling(self.id.index());
-            task.as_mut().poll(&mut cx).is_pending()
-        };
+        let pending = task.as_mut().poll(&mut cx).is_pending();
         if pending {
             let core = self.core.clone();
             let index = self.id.index();
             let mut task = Some(task);
             tokio::task::spawn_local(poll_fn(move |cx| {
-                let _polling = core.counters.polling(index);
                 let Some(running) = task.as_mut() else {
                     return Poll::Ready(());
                 };

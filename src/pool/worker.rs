@@ -100,7 +100,15 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> End {
             })
             .await
         });
-        park::block_on(serving, &waker, &unpark)
+        let mut serving = pin!(serving);
+        // The whole poll counts as user code for the blocked probe, so that
+        // tasks handlers spawn with `spawn_local` count too; the loop's own
+        // turns clear the mark (`next_job`).
+        let polled = poll_fn(|cx| {
+            let _polling = core.counters.polling(index);
+            serving.as_mut().poll(cx)
+        });
+        park::block_on(polled, &waker, &unpark)
     }));
     let end = match served {
         Ok(true) => End::Retired,
@@ -198,6 +206,8 @@ async fn next_job(queues: &Queues, state: &WorkerState, idle: &mut IdleTimer) ->
     let index = state.id.index();
     let busy = |i: usize| core.counters.worker(i).is_polling();
     poll_fn(|cx| {
+        // The loop's own code: not a poll of user code (see `run`).
+        let _between = core.counters.between_polls(index);
         // Here, not in the loop around: an idle worker woken for a retired
         // service finds no job and waits again without leaving this poll.
         state.sweep_retired();
