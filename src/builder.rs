@@ -144,7 +144,8 @@ impl Builder {
     /// How long a spare worker waits without work before it retires,
     /// dropping its service instances on its thread. Default 10 s (as
     /// tokio's blocking pool). Spares retire one at a time, at most one per
-    /// quarter of this; core workers never do.
+    /// quarter of this; core workers never do. `Duration::ZERO` retires a
+    /// spare as soon as it is idle; `Duration::MAX`, never.
     pub fn keep_alive(mut self, idle: Duration) -> Self {
         self.config.keep_alive = idle;
         self
@@ -275,7 +276,8 @@ impl Builder {
     /// place in the queue until a worker takes it off and drops it
     /// unstarted, so a stuck pool shows as a full queue, not as unbounded
     /// growth. Off a Tokio runtime, the worker checks the timeout when it
-    /// takes the job.
+    /// takes the job. `Duration::ZERO` answers every request that has to
+    /// wait at all; `Duration::MAX` is the same as none.
     pub fn queue_timeout(mut self, timeout: Duration) -> Self {
         self.config.queue_timeout = Some(timeout);
         self
@@ -290,7 +292,7 @@ impl Builder {
     ///
     /// It does not bound the wait for the head: put a `TimeoutLayer`
     /// outside this layer for that (dropping the response future cancels
-    /// the request on its worker).
+    /// the request on its worker). `Duration::MAX` is the same as none.
     pub fn response_deadline(mut self, deadline: Duration) -> Self {
         self.config.response_deadline = Some(deadline);
         self
