@@ -264,8 +264,12 @@ impl Builder {
     }
 
     /// Answers `503 Service Unavailable` to a request that waited longer
-    /// than `timeout` in a queue, without ever reaching the inner service.
-    /// Off by default.
+    /// than `timeout` for a worker, without ever reaching the inner service.
+    /// Off by default. The wait counts from the first `poll_ready` that had
+    /// to wait for a place in the full queue (under [`Overload::Wait`]), or
+    /// else from `call`, until a worker starts the request: a caller
+    /// waiting in `poll_ready` is ready once the timeout has passed, and
+    /// its `call` is answered `503` at once.
     ///
     /// The caller's [`ResponseFuture`](crate::future::ResponseFuture) keeps
     /// the time on the caller's Tokio runtime (it needs time enabled, as

@@ -242,8 +242,8 @@
 //! known yet): a keyed request is bounded by its worker's own queue, and an
 //! unkeyed one waits for its place in its response future.
 //! [`queue_timeout`](Builder::queue_timeout) answers `503` to a request that
-//! waited too long, timed by the caller so that it holds while every worker
-//! is stuck, and
+//! waited too long (for a place in the queue, then in it), timed by the
+//! caller so that it holds while every worker is stuck, and
 //! [`response_deadline`](Builder::response_deadline) ends streams that run
 //! too long. [`ThreadAffinityLayer::stats`] shows each worker's queue,
 //! load, and how long its current poll has run. Slow uploads can be read
