@@ -129,6 +129,8 @@ impl Builder {
     /// If the operating system refuses a thread, the pool keeps serving
     /// with the threads it has and lowers this ceiling to them (see
     /// [`Stats::spawn_failures`](crate::stats::Stats::spawn_failures)).
+    /// At most 32,768 (see [`try_build`](Self::try_build)): each thread's
+    /// slot is made when the pool starts.
     ///
     /// ```
     /// use tower_affinity::ThreadAffinityLayer;
@@ -171,7 +173,9 @@ impl Builder {
     /// it is the [`overload`](Self::overload) policy. Each worker's own
     /// queue (for keyed requests) also holds at most this many; a keyed
     /// request finding its worker's queue full gets `503` under either
-    /// policy.
+    /// policy. Up to 4,096 places are allocated when the pool starts, more
+    /// as they fill; at most `usize::MAX >> 3` (see
+    /// [`try_build`](Self::try_build)).
     ///
     /// # Panics
     ///
@@ -250,7 +254,10 @@ impl Builder {
         self
     }
 
-    /// The prefix of the worker threads' names: `{prefix}-{index}`.
+    /// The prefix of the worker threads' names: `{prefix}-{index}`. It
+    /// must not hold a NUL byte (see [`try_build`](Self::try_build)).
+    /// Linux keeps the first 15 bytes of a name, as `top` and `/proc`
+    /// show it.
     pub fn thread_name(mut self, prefix: impl Into<String>) -> Self {
         self.config.thread_name = prefix.into();
         self
@@ -382,11 +389,17 @@ impl Builder {
     ///
     /// # Panics
     ///
-    /// If a thread cannot be started (the threads already started end
-    /// first); [`try_build`](Self::try_build) returns the error instead.
+    /// Before any thread starts, if a setting is past what a pool can hold
+    /// (see [`try_build`](Self::try_build)'s errors); or if a thread cannot
+    /// be started (the threads already started end first).
+    /// [`try_build`](Self::try_build) returns the error instead.
     pub fn build(self) -> ThreadAffinityLayer {
-        match self.try_build() {
-            Ok(layer) => layer,
+        let config = self.into_config();
+        if let Err(error) = config.check() {
+            panic!("{error}");
+        }
+        match Pool::launch(config) {
+            Ok(pool) => ThreadAffinityLayer::from_pool(pool),
             Err(error) => panic!("tower-affinity: failed to start a worker thread: {error}"),
         }
     }
@@ -395,13 +408,24 @@ impl Builder {
     /// system's error if a core worker's thread cannot be started; the
     /// threads already started then end.
     ///
+    /// # Errors
+    ///
+    /// Of kind [`InvalidInput`](io::ErrorKind::InvalidInput), before any
+    /// thread starts: a [`thread_name`](Self::thread_name) holding a NUL
+    /// byte, a [`queue_capacity`](Self::queue_capacity) above
+    /// `usize::MAX >> 3` (Tokio's `Semaphore::MAX_PERMITS`), or
+    /// [`max_workers`](Self::max_workers) or [`workers`](Self::workers)
+    /// above 32,768. Otherwise, the operating system's error.
+    ///
     /// ```
     /// let layer = tower_affinity::ThreadAffinityLayer::builder().workers(2).try_build()?;
     /// # let _ = layer;
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn try_build(self) -> io::Result<ThreadAffinityLayer> {
-        Pool::launch(self.into_config()).map(ThreadAffinityLayer::from_pool)
+        let config = self.into_config();
+        config.check()?;
+        Pool::launch(config).map(ThreadAffinityLayer::from_pool)
     }
 
     /// The configuration, settled: `max_workers` at its default if unset,

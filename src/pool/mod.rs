@@ -96,17 +96,17 @@ impl Pool {
     /// Starts `config.workers` threads (and the spares' supervisor, when
     /// the pool may grow); on failure, the threads already started end.
     pub(crate) fn launch(config: Config) -> io::Result<Self> {
-        let (shared, shared_rx) = async_channel::bounded(config.queue_capacity);
+        let (shared, shared_rx) = queues::queue(config.queue_capacity);
         let core = Arc::new(Core::new(config));
         // A worker's own queue only ever holds keyed requests: without a key
         // function it stays empty, and a bounded queue allocates its room
-        // up front (about 56 bytes a place).
+        // up front.
         let own_capacity = match core.config.affinity_key {
             Some(_) => core.config.queue_capacity,
             None => 1,
         };
         let (own, own_rx): (Vec<_>, Vec<_>) = (0..core.config.workers)
-            .map(|_| async_channel::bounded(own_capacity))
+            .map(|_| queues::queue(own_capacity))
             .unzip();
         let queues: Vec<Queues> = own_rx
             .into_iter()
@@ -198,6 +198,12 @@ impl Pool {
     ) -> Result<(), Failure> {
         let counters = &self.inner.core.counters;
         let (queue, permit) = match worker {
+            // A huge own queue is an unbounded channel (see `queues::queue`),
+            // bounded here: callers racing here may each add one past it.
+            Some(index) if self.inner.own[index].len() >= self.config().queue_capacity => {
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                return Err(Failure::Overloaded);
+            }
             Some(index) => (&self.inner.own[index], None),
             None => {
                 let permit = permit.or_else(|| self.admission().try_acquire_owned().ok());
