@@ -8,11 +8,12 @@ mod common;
 
 use std::io;
 
-use common::{collect, get, send, within, Gate};
+use common::{collect, deaths, get, send, within, Gate};
 use http::{HeaderName, Request, Response};
 use tokio::sync::Semaphore;
 use tower::{Service, ServiceExt};
-use tower_affinity::{blocking, Builder, ThreadAffinityLayer};
+use tower_affinity::blocking::{self, IterBody};
+use tower_affinity::{Builder, ThreadAffinityLayer};
 
 /// The error `builder` is refused with; it must not panic.
 fn refused(builder: Builder) -> io::Error {
@@ -140,4 +141,42 @@ async fn a_large_own_queue_still_holds_at_most_its_capacity() {
             .status(),
         200
     );
+}
+
+/// Streams 64 small chunks through a pool built from `builder`, reading
+/// only once all are produced (so that they wait, and merge), and checks
+/// every byte arrives in order, with no worker death.
+async fn streams_whole(builder: Builder) {
+    let layer = builder.workers(1).max_workers(1).build();
+    let (produced, mut done) = tokio::sync::mpsc::unbounded_channel();
+    let mut svc = layer.service(blocking::service_fn(move |_: Request<()>| {
+        let produced = produced.clone();
+        let chunks = (0..64).map(move |i| {
+            if i == 63 {
+                let _ = produced.send(());
+            }
+            format!("{i},")
+        });
+        Response::new(IterBody::from_chunks(chunks))
+    }));
+    let response = send(&mut svc, get("/")).await;
+    within("every chunk produced", done.recv()).await;
+    let body = collect(response.into_body()).await;
+    let expected: String = (0..64).map(|i| format!("{i},")).collect();
+    assert_eq!(body, expected.as_bytes());
+    assert_eq!(deaths(&layer.stats()), (0, 0), "{:?}", layer.stats());
+}
+
+/// `body_buffer(usize::MAX)` is room allocated as frames wait, never up
+/// front: the stream is served whole.
+#[tokio::test]
+async fn the_largest_body_buffer_is_allocated_as_used() {
+    streams_whole(ThreadAffinityLayer::builder().body_buffer(usize::MAX)).await;
+}
+
+/// `merge_frames(usize::MAX)`: merged frames grow as they merge, never
+/// allocated at the cap up front.
+#[tokio::test]
+async fn the_largest_merge_size_is_allocated_as_used() {
+    streams_whole(ThreadAffinityLayer::builder().merge_frames(usize::MAX)).await;
 }
