@@ -128,8 +128,10 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> End {
     // their channels close without an end marker.
     let _ = guard(move || drop(local));
     state.drop_services();
-    stop_hook(core, &state.id);
+    // Tasks a handler spawned itself (`tokio::spawn`) go with the runtime:
+    // before the stop hook, as `Builder::on_thread_stop` promises.
     let _ = guard(move || drop(runtime));
+    stop_hook(core, &state.id);
     end
 }
 
