@@ -374,9 +374,11 @@ impl Builder {
     }
 
     /// Runs `hook` on each worker thread when it stops, after it has dropped
-    /// its service instances: at shutdown, when a spare retires, and also on
-    /// a thread that a panic escaping the shields ended (after its guarded
-    /// cleanup) or whose runtime could not be built.
+    /// its service instances and its runtime, with any task still on it
+    /// (see "Threading model" in the crate docs): at shutdown, when a spare
+    /// retires, and also on a thread that a panic escaping the shields
+    /// ended (after its guarded cleanup) or whose runtime could not be
+    /// built.
     pub fn on_thread_stop<F>(mut self, hook: F) -> Self
     where
         F: Fn(&WorkerId) + Send + Sync + 'static,

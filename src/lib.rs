@@ -170,6 +170,15 @@
 //! requests. Tokio APIs (timers, channels, sockets) work inside handlers:
 //! each worker runs a runtime with its time and I/O drivers.
 //!
+//! Tasks that a handler spawns itself (`tokio::spawn`,
+//! `tokio::task::spawn_local`) run on its worker's runtime, between the
+//! requests' polls, but they are not requests: the pool neither counts nor
+//! waits for them (a spare serving nothing else is idle, and retires after
+//! its keep-alive), and a worker that ends (a spare retiring, a shutdown)
+//! drops them unfinished, on its thread, before its
+//! [`on_thread_stop`](Builder::on_thread_stop) hook. Work that must outlive
+//! its request belongs on a runtime of its own (a `Handle` taken outside).
+//!
 //! A worker blocked in user code cannot be preempted: interleaving only
 //! happens between frames and between awaits. A handler that blocks for a
 //! second blocks its worker's other requests for that second.

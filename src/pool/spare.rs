@@ -178,11 +178,16 @@ impl Spares {
         self.keep_alive
     }
 
-    /// Spare `index` retired: counted before its slot reads as not alive,
-    /// so a reader who sees the thread gone also sees it retired.
-    pub(crate) fn retiring(&self, index: usize) {
+    /// Spare `index` ends: `idle`, it retired after its keep-alive;
+    /// otherwise the pool shut down, or its thread died or could not build
+    /// its runtime. Counted however it ended, before its slot reads as not
+    /// alive, so that a reader who sees the thread gone also sees it
+    /// retired, and `started - retired` stays the spares running.
+    pub(crate) fn ended(&self, index: usize, idle: bool) {
         self.retired.fetch_add(1, SeqCst);
-        trace::info!(worker = index, "spare worker retired");
+        if idle {
+            trace::info!(worker = index, "spare worker retired");
+        }
         let _ = index;
     }
 
