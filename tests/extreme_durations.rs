@@ -92,11 +92,17 @@ async fn call(svc: &mut impl Svc, path: &str) -> Response<ThreadAffinityBody> {
     .await
 }
 
+/// A pool of one worker built from `builder`, and the service on it.
+fn one_worker(builder: Builder) -> (ThreadAffinityLayer, impl Svc) {
+    let layer = builder.workers(1).max_workers(1).build();
+    let (svc, _) = service(&layer, Gate::default());
+    (layer, svc)
+}
+
 /// Serves one streamed request on a pool built from `builder`, checks its
 /// bytes, and that no worker died.
 async fn serves_a_stream(builder: Builder) -> ThreadAffinityLayer {
-    let layer = builder.workers(1).max_workers(1).build();
-    let (mut svc, _signals) = service(&layer, Gate::default());
+    let (layer, mut svc) = one_worker(builder);
     let response = call(&mut svc, "/stream").await;
     assert_eq!(response.status(), StatusCode::OK);
     let body = collect(response.into_body()).await;
@@ -120,8 +126,8 @@ async fn serves_a_stream_again(layer: &ThreadAffinityLayer) {
     let (mut svc, _signals) = service(layer, Gate::default());
     let one = collect(call(&mut svc, "/a").await.into_body()).await;
     let two = collect(call(&mut svc, "/stream").await.into_body()).await;
-    assert!(two.starts_with(&one), "{one:?} {two:?}");
     // Answered by the same thread: the worker was not replaced in between.
+    assert!(two.starts_with(&one), "{one:?} {two:?}");
     assert_eq!(deaths(&layer.stats()), (0, 0), "{:?}", layer.stats());
 }
 
@@ -130,12 +136,8 @@ async fn serves_a_stream_again(layer: &ThreadAffinityLayer) {
 /// head is served and the worker survives.
 #[tokio::test]
 async fn a_response_deadline_of_zero_ends_the_stream_with_elapsed() {
-    let layer = ThreadAffinityLayer::builder()
-        .workers(1)
-        .max_workers(1)
-        .response_deadline(Duration::ZERO)
-        .build();
-    let (mut svc, _signals) = service(&layer, Gate::default());
+    let (layer, mut svc) =
+        one_worker(ThreadAffinityLayer::builder().response_deadline(Duration::ZERO));
     let response = call(&mut svc, "/stream").await;
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
@@ -156,12 +158,7 @@ async fn a_queue_timeout_of_max_never_fires() {
 /// answered `503`; whichever way it goes, the pool serves on.
 #[tokio::test]
 async fn a_queue_timeout_of_zero_answers_or_serves() {
-    let layer = ThreadAffinityLayer::builder()
-        .workers(1)
-        .max_workers(1)
-        .queue_timeout(Duration::ZERO)
-        .build();
-    let (mut svc, _signals) = service(&layer, Gate::default());
+    let (layer, mut svc) = one_worker(ThreadAffinityLayer::builder().queue_timeout(Duration::ZERO));
     for _ in 0..4 {
         let response = call(&mut svc, "/stream").await;
         match response.status() {
