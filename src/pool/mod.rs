@@ -200,7 +200,7 @@ impl Pool {
         let (queue, permit) = match worker {
             // A huge own queue is an unbounded channel (see `queues::queue`),
             // bounded here: callers racing here may each add one past it.
-            Some(index) if self.inner.own[index].len() >= self.config().queue_capacity => {
+            Some(index) if self.unbounded_queue_full(&self.inner.own[index]) => {
                 counters.rejected.fetch_add(1, Ordering::Relaxed);
                 return Err(Failure::Overloaded);
             }
@@ -266,6 +266,14 @@ impl Pool {
                 })
             }
         }
+    }
+
+    /// Whether `queue`, a channel without a bound of its own, holds
+    /// `queue_capacity` jobs; `false` once closed, which `try_send` tells.
+    fn unbounded_queue_full(&self, queue: &Sender<Envelope>) -> bool {
+        queue.capacity().is_none()
+            && !queue.is_closed()
+            && queue.len() >= self.config().queue_capacity
     }
 
     /// Answers what waits in a queue no worker will take from again; the
