@@ -49,8 +49,9 @@ impl Msg {
             Msg::Frame(frame) => match frame.data_ref() {
                 Some(first) if first.len() < cap && first.len() + data.len() <= cap => {
                     // One buffer of the cap for the whole run of small
-                    // frames: each byte is copied once.
-                    let mut merged = BytesMut::with_capacity(cap);
+                    // frames: each byte is copied once. A cap past 64 KiB
+                    // (`merge_frames(usize::MAX)`) grows as frames merge.
+                    let mut merged = BytesMut::with_capacity(cap.min(64 * 1024));
                     merged.extend_from_slice(first);
                     merged.extend_from_slice(data);
                     *self = Msg::Merged(merged);

@@ -37,7 +37,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Chan {
         state: Mutex::new(State {
-            queue: VecDeque::with_capacity(capacity),
+            // Room for the common case up front, the rest as items wait:
+            // `body_buffer(usize::MAX)` must not allocate (or abort) here.
+            queue: VecDeque::with_capacity(capacity.min(16)),
             capacity,
             reader: None,
             room: None,

@@ -168,7 +168,21 @@
 //! channel or a spawned task. A longer response streams through a bounded
 //! channel; while it waits for its reader, the worker serves its other
 //! requests. Tokio APIs (timers, channels, sockets) work inside handlers:
-//! each worker runs a runtime with its time and I/O drivers.
+//! each worker enters the handle of the pool's driver, a runtime on a
+//! thread of its own that turns the timers and I/O of every worker. The
+//! worker itself is not inside any runtime's `block_on`, so handler code may
+//! build, block on and drop a runtime of its own, as under `spawn_blocking`.
+//!
+//! Tasks that a handler spawns itself are not requests: the pool neither
+//! counts nor waits for them. `tokio::task::spawn_local` tasks run on the
+//! worker, between the requests' polls (a spare serving nothing else is
+//! idle, and retires after its keep-alive); a worker that ends (a spare
+//! retiring, a shutdown) drops them unfinished, on its thread, before its
+//! [`on_thread_stop`](Builder::on_thread_stop) hook. `tokio::spawn` tasks
+//! run on the driver's thread, until the pool is gone: they must not
+//! block, since every worker's timers share that thread. Work that must
+//! outlive the pool belongs on a runtime of its own (a `Handle` taken
+//! outside).
 //!
 //! A worker blocked in user code cannot be preempted: interleaving only
 //! happens between frames and between awaits. A handler that blocks for a
@@ -242,8 +256,8 @@
 //! known yet): a keyed request is bounded by its worker's own queue, and an
 //! unkeyed one waits for its place in its response future.
 //! [`queue_timeout`](Builder::queue_timeout) answers `503` to a request that
-//! waited too long, timed by the caller so that it holds while every worker
-//! is stuck, and
+//! waited too long (for a place in the queue, then in it), timed by the
+//! caller so that it holds while every worker is stuck, and
 //! [`response_deadline`](Builder::response_deadline) ends streams that run
 //! too long. [`ThreadAffinityLayer::stats`] shows each worker's queue,
 //! load, and how long its current poll has run. Slow uploads can be read

@@ -299,7 +299,7 @@ mod tests {
     use std::sync::Arc;
     use std::task::{Wake, Waker};
 
-    use super::{Idle, Source, Taken};
+    use super::{Idle, Source, Taken, Woken};
 
     /// Queues with nothing in them.
     struct Empty;

@@ -99,17 +99,17 @@ impl Pool {
     /// Starts `config.workers` threads (and the spares' supervisor, when
     /// the pool may grow); on failure, the threads already started end.
     pub(crate) fn launch(config: Config) -> io::Result<Self> {
-        let (shared, shared_rx) = async_channel::bounded(config.queue_capacity);
+        let (shared, shared_rx) = queues::queue(config.queue_capacity);
         let core = Arc::new(Core::new(config)?);
         // A worker's own queue only ever holds keyed requests: without a key
         // function it stays empty, and a bounded queue allocates its room
-        // up front (about 56 bytes a place).
+        // up front.
         let own_capacity = match core.config.affinity_key {
             Some(_) => core.config.queue_capacity,
             None => 1,
         };
         let (own, own_rx): (Vec<_>, Vec<_>) = (0..core.config.workers)
-            .map(|_| async_channel::bounded(own_capacity))
+            .map(|_| queues::queue(own_capacity))
             .unzip();
         let queues: Vec<Queues> = own_rx
             .into_iter()
@@ -201,6 +201,12 @@ impl Pool {
     ) -> Result<(), Failure> {
         let counters = &self.inner.core.counters;
         let (queue, permit) = match worker {
+            // A huge own queue is an unbounded channel (see `queues::queue`),
+            // bounded here: callers racing here may each add one past it.
+            Some(index) if self.unbounded_queue_full(&self.inner.own[index]) => {
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                return Err(Failure::Overloaded);
+            }
             Some(index) => (&self.inner.own[index], None),
             None => {
                 let permit = permit.or_else(|| self.admission().try_acquire_owned().ok());
@@ -261,6 +267,14 @@ impl Pool {
                 })
             }
         }
+    }
+
+    /// Whether `queue`, a channel without a bound of its own, holds
+    /// `queue_capacity` jobs; `false` once closed, which `try_send` tells.
+    fn unbounded_queue_full(&self, queue: &Sender<Envelope>) -> bool {
+        queue.capacity().is_none()
+            && !queue.is_closed()
+            && queue.len() >= self.config().queue_capacity
     }
 
     /// Answers what waits in a queue no worker will take from again; the

@@ -3,12 +3,29 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use async_channel::Receiver;
+use async_channel::{Receiver, Sender};
 
 use super::idle::Source;
 use super::Envelope;
 use crate::error::Failure;
 use crate::stats::Counters;
+
+/// Up to this many places, a queue's room is allocated when the pool
+/// starts (a ring: the faster queue, about 56 bytes a place); past it, as
+/// it fills, so that a huge `queue_capacity` costs memory only while
+/// requests wait.
+const PREALLOCATED_PLACES: usize = 4096;
+
+/// A queue of `capacity` places. Past [`PREALLOCATED_PLACES`] the channel
+/// itself is unbounded: the shared queue is bounded by the admission
+/// permits its jobs carry, a worker's own queue by `Pool::submit`.
+pub(super) fn queue(capacity: usize) -> (Sender<Envelope>, Receiver<Envelope>) {
+    if capacity <= PREALLOCATED_PLACES {
+        async_channel::bounded(capacity)
+    } else {
+        async_channel::unbounded()
+    }
+}
 
 /// Answers every job in `queue` with `failure`: for a queue no worker will
 /// take from again.

@@ -149,7 +149,10 @@ async fn serve<S, B, ResBody>(
     ResBody: Body,
     ResBody::Error: Into<BoxError>,
 {
-    let deadline = limits.deadline.map(|deadline| Instant::now() + deadline);
+    // A deadline past what an `Instant` can hold (`Duration::MAX`) is none.
+    let deadline = limits
+        .deadline
+        .and_then(|deadline| Instant::now().checked_add(deadline));
     let Some((future, reply)) = ready_and_call(service, request, reply, &active).await else {
         return;
     };

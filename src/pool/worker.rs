@@ -277,7 +277,9 @@ fn next(
         Taken::Waiting => {
             let keep_alive = core.spares.keep_alive();
             let since = *idle.since.get_or_insert_with(Instant::now);
-            let due = since + keep_alive;
+            let Some(due) = since.checked_add(keep_alive) else {
+                return Poll::Pending; // `Duration::MAX`: never retire.
+            };
             let timer = idle
                 .timer
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
