@@ -14,7 +14,7 @@ use std::task::Poll;
 use http_body::Body;
 use tokio::time::Instant;
 
-use super::unwind::Guarded;
+use super::unwind::{drop_guarded, Guarded};
 use super::worker::Active;
 use crate::body::{FrameSender, Msg};
 use crate::error::{BoxError, Elapsed};
@@ -66,11 +66,12 @@ pub(super) async fn stream_body<B>(
         Pumped::Elapsed => {
             trace::debug!("deadline elapsed");
             // Drop the inner body now, on this thread, and make room for
-            // other requests; then tell the reader, once it makes room.
+            // other requests; then tell the reader at once, in place of the
+            // frames it has not read, so the stream holds nothing more.
             body.as_mut().clear();
             drop(active);
-            if poll_fn(|cx| tx.poll_ready(cx)).await.is_ok() {
-                let _ = tx.send(Msg::Error(Elapsed::new().into()));
+            if let Ok(left) = tx.close_with(Msg::Error(Elapsed::new().into())) {
+                drop_guarded(left);
             }
         }
     }

@@ -149,7 +149,10 @@ async fn serve<S, B, ResBody>(
     ResBody: Body,
     ResBody::Error: Into<BoxError>,
 {
-    let deadline = limits.deadline.map(|deadline| Instant::now() + deadline);
+    // Saturating: a deadline past what an `Instant` holds is no deadline.
+    let deadline = limits
+        .deadline
+        .and_then(|deadline| Instant::now().checked_add(deadline));
     let Some((future, reply)) = ready_and_call(service, request, reply, &active).await else {
         return;
     };
@@ -299,7 +302,7 @@ async fn send_head<B, E>(
     };
 
     // A streamed response: the head goes now, the frames follow.
-    let (tx, stream) = ThreadAffinityBody::channel(body_buffer, hint);
+    let (tx, stream) = ThreadAffinityBody::channel(body_buffer, hint, pump.deadline);
     if let Some(frame) = first {
         // The channel is new and has room for at least one message.
         let _ = tx.send(Msg::Frame(frame));
