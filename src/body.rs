@@ -104,7 +104,10 @@ pub(crate) type FrameSender = Sender<Msg>;
 /// clean early end.
 ///
 /// Dropping it cancels the response: the worker stops polling the inner body
-/// and drops it on its own thread.
+/// and drops it on its own thread. With a
+/// [`response_deadline`](crate::Builder::response_deadline), it ends with
+/// [`Elapsed`] at the deadline, even while its worker is stuck producing the
+/// frame it waits for.
 pub struct ThreadAffinityBody {
     kind: Kind,
     hint: SizeHint,
@@ -181,9 +184,7 @@ impl ThreadAffinityBody {
             None => self.hint.set_lower(lower),
         }
     }
-}
 
-impl ThreadAffinityBody {
     /// What a message from the worker means for the reader, and whether
     /// the body ends with it.
     fn item(msg: Option<Msg>) -> (Option<Result<Frame<Bytes>, BoxError>>, bool) {

@@ -45,8 +45,9 @@ impl Deadline {
     pub(crate) fn poll_elapsed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if let Timer::Unset = self.timer {
             self.timer = match tokio::runtime::Handle::try_current() {
-                // `sleep_until` panics on a runtime built without timers;
-                // the worker still ends the stream there.
+                // `sleep_until` panics on a runtime built without timers
+                // (the panic hook still reports it, once per stream); the
+                // deadline is then checked at each poll, and by the worker.
                 Ok(_) => catch_unwind(AssertUnwindSafe(|| tokio::time::sleep_until(self.at)))
                     .map_or(Timer::Unavailable, |sleep| Timer::Set(Box::pin(sleep))),
                 Err(_) => Timer::Unavailable,
