@@ -297,9 +297,15 @@ impl Builder {
     /// Ends every streamed response body that has not finished within
     /// `deadline` of its request starting on a worker: the body ends with
     /// [`error::Elapsed`](crate::error::Elapsed) and the inner body is
-    /// dropped on its worker. Checked between frames and while waiting for
-    /// the inner body or the reader, so that no stream runs forever; a
-    /// frame that blocks its worker cannot be interrupted. Off by default.
+    /// dropped on its worker. The worker checks it between frames and while
+    /// waiting for the inner body or the reader, and then drops the frames
+    /// still waiting, so an expired stream holds nothing. The reader keeps
+    /// it too, with a timer on its own Tokio runtime: a reader waiting for a
+    /// frame gets the error at the deadline even while the worker is stuck
+    /// producing that frame (a frame that blocks its worker cannot be
+    /// interrupted; the worker drops the inner body once the frame's poll
+    /// returns). A deadline past what an `Instant` can hold
+    /// (`Duration::MAX`) is no deadline. Off by default.
     ///
     /// It does not bound the wait for the head: put a `TimeoutLayer`
     /// outside this layer for that (dropping the response future cancels

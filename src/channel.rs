@@ -167,6 +167,29 @@ impl<T> Sender<T> {
     }
 }
 
+impl<T> Sender<T> {
+    /// Ends the stream with `last` in place of every item still queued, at
+    /// once: the reader gets `last` next, without waiting for room, and
+    /// the stream holds nothing else. Returns the items it replaced, for
+    /// the caller to drop (they may run user code), or `Closed` (with
+    /// `last`) if the reader has gone.
+    pub(crate) fn close_with(&self, last: T) -> Result<VecDeque<T>, (Closed, T)> {
+        let mut state = self.shared.lock();
+        if state.reader_gone {
+            return Err((Closed, last));
+        }
+        let left = std::mem::take(&mut state.queue);
+        // The reader's next item; capacity no longer matters.
+        state.queue.push_back(last);
+        let reader = state.reader.take();
+        drop(state);
+        if let Some(reader) = reader {
+            reader.wake();
+        }
+        Ok(left)
+    }
+}
+
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
@@ -213,8 +236,11 @@ impl<T> Receiver<T> {
     }
 }
 
-impl<T> Drop for Receiver<T> {
-    fn drop(&mut self) {
+impl<T> Receiver<T> {
+    /// Leaves: the producer learns it at once (woken if it waits for room
+    /// or for its inner body), and the items still queued are dropped here,
+    /// so a closed channel holds nothing. Later sends say `Closed`.
+    pub(crate) fn close(&mut self) {
         let mut state = self.shared.lock();
         state.reader_gone = true;
         let queue = std::mem::take(&mut state.queue);
@@ -230,6 +256,12 @@ impl<T> Drop for Receiver<T> {
         // Dropped here, on the reader's side: they are frames (bytes and
         // headers) and boxed errors, not anything of the inner service's.
         drop(queue);
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

@@ -302,7 +302,7 @@ async fn send_head<B, E>(
     };
 
     // A streamed response: the head goes now, the frames follow.
-    let (tx, stream) = ThreadAffinityBody::channel(body_buffer, hint);
+    let (tx, stream) = ThreadAffinityBody::channel(body_buffer, hint, pump.deadline);
     if let Some(frame) = first {
         // The channel is new and has room for at least one message.
         let _ = tx.send(Msg::Frame(frame));
