@@ -145,7 +145,7 @@
 //!
 //! ```text
 //!  caller (any runtime thread)                 worker thread i of N
-//!  ThreadAffinity::call(req) ──▶ shared queue ──▶ event loop (current-thread runtime + LocalSet)
+//!  ThreadAffinity::call(req) ──▶ shared queue ──▶ event loop (a LocalSet, outside any block_on)
 //!                                (bounded)        takes a job while active < max_streams_per_worker
 //!                                                 svc_i.poll_ready, svc_i.call, poll future
 //!  ResponseFuture ◀──────── head (+ the whole body when it came in one frame)
@@ -168,7 +168,14 @@
 //! channel or a spawned task. A longer response streams through a bounded
 //! channel; while it waits for its reader, the worker serves its other
 //! requests. Tokio APIs (timers, channels, sockets) work inside handlers:
-//! each worker runs a runtime with its time and I/O drivers.
+//! each worker enters the handle of the pool's driver, a current-thread
+//! runtime whose own thread (`{prefix}-driver`) turns the timers and I/O,
+//! and where tasks from `tokio::spawn` run (they must not block);
+//! `spawn_local` tasks run on the worker. Since a worker polls user code
+//! outside any runtime's `block_on`, that code may build, block on and
+//! drop a runtime of its own, as under `spawn_blocking`: the sync
+//! `postgres` client, `reqwest::blocking`, `Handle::block_on`,
+//! `futures::executor::block_on`.
 //!
 //! A worker blocked in user code cannot be preempted: interleaving only
 //! happens between frames and between awaits. A handler that blocks for a
