@@ -507,6 +507,11 @@ async fn bounded(test: impl Future<Output = ()>) {
     common::bounded(Duration::from_secs(30), test).await
 }
 
+/// One case on fresh servers: `GET path` on both hosts (see [`Both::get`]).
+async fn case(path: &str, check: impl Fn(&str)) {
+    bounded(async { Both::start().await.get(path, check).await }).await
+}
+
 // ---------------------------------------------------------------------------
 // The cases
 
@@ -514,28 +519,28 @@ async fn bounded(test: impl Future<Output = ()>) {
 /// drops a current-thread and a multi-thread runtime of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_runtimes_in_a_service_fn_closure() {
-    bounded(async { Both::start().await.get("/service_fn", is_42).await }).await;
+    case("/service_fn", is_42).await;
 }
 
 /// A `service_with` factory builds, blocks on and drops runtimes of its
 /// own while it builds the worker's service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_runtimes_in_a_service_with_factory() {
-    bounded(async { Both::start().await.get("/factory", is_42).await }).await;
+    case("/factory", is_42).await;
 }
 
 /// Sync code called from an async axum handler's body (`router.layer`)
 /// builds, blocks on and drops runtimes of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_runtimes_in_an_async_axum_handler() {
-    bounded(async { Both::start().await.get("/handler", is_42).await }).await;
+    case("/handler", is_42).await;
 }
 
 /// A response body's `poll_frame` (an `IterBody`'s iterator) builds,
 /// blocks on and drops runtimes of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_runtimes_in_a_body_poll_frame() {
-    bounded(async { Both::start().await.get("/poll_frame", is_42).await }).await;
+    case("/poll_frame", is_42).await;
 }
 
 /// A response body's `Drop` builds, blocks on and drops runtimes of its
@@ -551,7 +556,7 @@ async fn private_runtimes_in_a_body_drop() {
             let (status, text) = fetch(&both.client, addr, "/body_drop").await;
             assert_eq!((status, text.as_str()), (StatusCode::OK, "body"));
             let report = common::within("the body's drop", drops.recv()).await;
-            let report = report.expect("the body's drop reported nothing: it panicked");
+            let report = report.expect("the app is gone");
             let (answer, thread) = split(&report);
             assert_eq!(answer, "42");
             assert_eq!(thread.starts_with(PREFIX), on_worker, "dropped on {thread}");
@@ -566,13 +571,13 @@ async fn private_runtimes_in_a_body_drop() {
 /// A handler blocks on a tokio timer through `Handle::current().block_on`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handle_block_on_in_a_handler() {
-    bounded(async { Both::start().await.get("/handle_block_on", is_42).await }).await;
+    case("/handle_block_on", is_42).await;
 }
 
 /// A handler blocks on a tokio timer with `futures::executor::block_on`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn futures_block_on_in_a_handler() {
-    bounded(async { Both::start().await.get("/futures_block_on", is_42).await }).await;
+    case("/futures_block_on", is_42).await;
 }
 
 /// A handler calls a local server with `reqwest::blocking`, which in this
@@ -580,28 +585,17 @@ async fn futures_block_on_in_a_handler() {
 /// inside one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reqwest_blocking_in_a_handler() {
-    bounded(async {
-        Both::start()
-            .await
-            .get("/reqwest", |answer| assert_eq!(answer, "hello"))
-            .await
-    })
-    .await;
+    case("/reqwest", |answer| assert_eq!(answer, "hello")).await;
 }
 
 /// A handler calls a tonic server through tonic's blocking-client pattern
 /// (a runtime of its own, `block_on` per call), then drops the client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tonic_blocking_client_in_a_handler() {
-    bounded(async {
-        Both::start()
-            .await
-            .get("/tonic", |answer| {
-                let (factors, server) = answer.split_once(" from ").unwrap();
-                assert_eq!(factors, "[2, 2, 2, 3, 3, 5]");
-                assert_worker_name(server, "grpc-worker");
-            })
-            .await
+    case("/tonic", |answer| {
+        let (factors, server) = answer.split_once(" from ").unwrap();
+        assert_eq!(factors, "[2, 2, 2, 3, 3, 5]");
+        assert_worker_name(server, "grpc-worker");
     })
     .await;
 }
@@ -609,7 +603,8 @@ async fn a_tonic_blocking_client_in_a_handler() {
 /// `tokio::spawn` and `spawn_local` still work in a handler: a task it
 /// spawns and awaits answers, and one it leaves running completes after
 /// the response, both on the pool's driver thread; a `spawn_local` task
-/// runs on the handler's own worker thread.
+/// runs on the handler's own worker thread, and may build, block on and
+/// drop runtimes of its own there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_spawn_and_spawn_local_in_a_handler() {
     bounded(async {
@@ -626,13 +621,14 @@ async fn tokio_spawn_and_spawn_local_in_a_handler() {
                     thread_name()
                 });
                 let awaited = awaited.await.unwrap();
-                let local = tokio::task::spawn_local(async { thread_name() });
+                // A local task may do what the handler may.
+                let local = tokio::task::spawn_local(async { private_runtimes() });
                 let local = local.await.unwrap();
                 tokio::spawn(async move {
                     tokio::time::sleep(TICK).await;
                     let _ = done.send(thread_name());
                 });
-                format!("{} {awaited} {local}", thread_name())
+                format!("{}|{awaited}|{local}", thread_name())
             }
         };
         let app = Router::new().route("/spawn", get(handler)).layer(layer);
@@ -641,14 +637,14 @@ async fn tokio_spawn_and_spawn_local_in_a_handler() {
         let (status, text) = fetch(&client, addr, "/spawn").await;
         assert_eq!(status, StatusCode::OK, "{text}");
         let [handler, awaited, local]: [&str; 3] = text
-            .split(' ')
+            .split('|')
             .collect::<Vec<_>>()
             .try_into()
             .unwrap_or_else(|_| panic!("{text:?}"));
         assert_worker_name(handler, PREFIX);
         let driver = format!("{PREFIX}-driver");
         assert_eq!(awaited, driver);
-        assert_eq!(local, handler);
+        assert_eq!(local, format!("42 on {handler}"));
         let detached = common::within("the detached task", finished.recv()).await;
         assert_eq!(detached.as_deref(), Some(driver.as_str()));
     })
@@ -701,17 +697,16 @@ async fn fruits() -> Option<Cluster> {
     Some(cluster)
 }
 
+/// The closure of [`fruit_service`], boxed to be named.
+type FruitHandler = Box<dyn FnMut(Request<Body>) -> Result<Response<String>, BoxError>>;
+
 /// `/fruit/ID` from one connection that the factory opens, kept for the
 /// service's life: "NAME BACKEND_PID on THREAD". With `?meet`, the handler
 /// waits for a second such request before it answers.
 fn fruit_service(
     url: String,
     meet: Arc<Rendezvous>,
-) -> impl Fn() -> blocking::TryServiceFn<
-    Box<dyn FnMut(Request<Body>) -> Result<Response<String>, BoxError>>,
-> + Send
-       + Sync
-       + 'static {
+) -> impl Fn() -> blocking::TryServiceFn<FruitHandler> + Send + Sync + 'static {
     move || {
         let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
         let backend: i32 = client
