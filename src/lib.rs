@@ -145,7 +145,7 @@
 //!
 //! ```text
 //!  caller (any runtime thread)                 worker thread i of N
-//!  ThreadAffinity::call(req) ──▶ shared queue ──▶ event loop (current-thread runtime + LocalSet)
+//!  ThreadAffinity::call(req) ──▶ shared queue ──▶ event loop (a LocalSet, outside any block_on)
 //!                                (bounded)        takes a job while active < max_streams_per_worker
 //!                                                 svc_i.poll_ready, svc_i.call, poll future
 //!  ResponseFuture ◀──────── head (+ the whole body when it came in one frame)
@@ -168,10 +168,14 @@
 //! channel or a spawned task. A longer response streams through a bounded
 //! channel; while it waits for its reader, the worker serves its other
 //! requests. Tokio APIs (timers, channels, sockets) work inside handlers:
-//! each worker enters the handle of the pool's driver, a runtime on a
-//! thread of its own that turns the timers and I/O of every worker. The
-//! worker itself is not inside any runtime's `block_on`, so handler code may
-//! build, block on and drop a runtime of its own, as under `spawn_blocking`.
+//! each worker enters the handle of the pool's driver, a current-thread
+//! runtime whose own thread (`{prefix}-driver`) turns the timers and I/O,
+//! and where tasks from `tokio::spawn` run (they must not block);
+//! `spawn_local` tasks run on the worker. Since a worker polls user code
+//! outside any runtime's `block_on`, that code may build, block on and
+//! drop a runtime of its own, as under `spawn_blocking`: the sync
+//! `postgres` client, `reqwest::blocking`, `Handle::block_on`,
+//! `futures::executor::block_on`.
 //!
 //! Tasks that a handler spawns itself are not requests: the pool neither
 //! counts nor waits for them. `tokio::task::spawn_local` tasks run on the
