@@ -257,6 +257,14 @@
 //! inner future or body is pending (not only at the next frame), stops
 //! polling, and drops them on its own thread.
 //!
+//! Blocking code that runs long (a loop over many rows, a call it
+//! retries) can see the cut too: [`cancel::Cancellation::current`], called
+//! from the handler on its worker, gives a handle to check
+//! (`is_cancelled`), await (`cancelled`) or wait on (`wait_timeout`). It is
+//! set the moment the caller drops the future or body, even while the
+//! worker is blocked in the handler, and when the response deadline or a
+//! shutdown's timeout cuts the request.
+//!
 //! # Panics
 //!
 //! A panic in the inner service, its future or its body fails only that
@@ -365,6 +373,7 @@
 pub mod blocking;
 mod body;
 mod builder;
+pub mod cancel;
 mod channel;
 pub mod error;
 pub mod future;
