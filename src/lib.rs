@@ -392,6 +392,7 @@ pub mod stats;
 mod tonic;
 mod trace;
 mod worker_id;
+pub mod worker_local;
 
 pub use self::body::ThreadAffinityBody;
 pub use self::builder::{Builder, Overload};
@@ -400,6 +401,7 @@ pub use self::layer::ThreadAffinityLayer;
 pub use self::service::ThreadAffinity;
 pub use self::shutdown::ShutdownReport;
 pub use self::worker_id::WorkerId;
+pub use self::worker_local::WorkerLocal;
 /// Tower's `Layer` trait, re-exported so that `layer.layer(svc)` and
 /// `ServiceBuilder::layer` work without a direct dependency on `tower-layer`.
 pub use tower_layer::Layer;
