@@ -7,6 +7,7 @@ use tower_layer::Layer;
 
 use crate::pool::Pool;
 use crate::stats::Stats;
+use crate::WorkerLocal;
 use crate::{Builder, ShutdownReport, ThreadAffinity, WorkerId};
 
 /// Wraps services so that they run on a pool of worker threads.
@@ -151,6 +152,28 @@ impl ThreadAffinityLayer {
         F: Fn(WorkerId) -> S + Send + Sync + 'static,
     {
         ThreadAffinity::with_factory(self.pool.clone(), factory)
+    }
+
+    /// A value per worker thread, that `factory` builds on each worker the
+    /// first time code there asks for it, reachable from any handler on
+    /// this pool's workers without `thread_local!`; see [`WorkerLocal`].
+    ///
+    /// ```
+    /// use tower_affinity::{ThreadAffinityLayer, WorkerId};
+    ///
+    /// let layer = ThreadAffinityLayer::new(2);
+    /// let db = layer.worker_local(|_worker: &WorkerId| {
+    ///     rusqlite::Connection::open_in_memory().unwrap() // one per worker thread
+    /// });
+    /// // Off the workers there is no value.
+    /// assert!(db.with(|db| db.is_autocommit()).is_none());
+    /// ```
+    pub fn worker_local<T, F>(&self, factory: F) -> WorkerLocal<T>
+    where
+        T: 'static,
+        F: Fn(&WorkerId) -> T + Send + Sync + 'static,
+    {
+        WorkerLocal::new(&self.pool, factory)
     }
 }
 
