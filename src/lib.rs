@@ -377,6 +377,7 @@ pub mod cancel;
 mod channel;
 pub mod error;
 pub mod future;
+pub mod jobs;
 mod layer;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
