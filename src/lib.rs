@@ -189,6 +189,13 @@
 //! [`WorkerId`] is passed to the factory and put in each request's
 //! extensions.
 //!
+//! [`ThreadAffinityLayer::worker_local`] gives a [`WorkerLocal`]: a value
+//! per worker thread built there by a factory, reachable from any handler
+//! on the pool's workers (ordinary axum handlers under `router.layer(layer)`
+//! included) without `thread_local!`. [`jobs`] runs closures on a key's
+//! worker ([`ThreadAffinityLayer::run_on_key`]) and on every worker
+//! ([`ThreadAffinityLayer::broadcast`]), outside HTTP.
+//!
 //! # Choosing buffer sizes
 //!
 //! - [`workers`](Builder::workers): how many requests can run user code at
