@@ -46,6 +46,7 @@ pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             closed: None,
             reader_gone: false,
             writer_gone: false,
+            cancel: None,
         }),
     });
     (
@@ -72,6 +73,9 @@ struct State<T> {
     closed: Option<Waker>,
     reader_gone: bool,
     writer_gone: bool,
+    /// The request's cancellation, if its handler asked for it: fired when
+    /// the reader goes before the end.
+    cancel: Option<std::sync::Arc<crate::cancel::Signal>>,
 }
 
 impl<T> Chan<T> {
@@ -246,7 +250,11 @@ impl<T> Receiver<T> {
         let queue = std::mem::take(&mut state.queue);
         let room = state.room.take();
         let closed = state.closed.take();
+        let cancel = state.cancel.take().filter(|_| !state.writer_gone);
         drop(state);
+        if let Some(cancel) = cancel {
+            cancel.fire();
+        }
         // Wake first: the items left are frames and errors, and an error's
         // `Drop` is user code that may panic; the producer must still learn
         // that the reader has gone.
@@ -262,6 +270,47 @@ impl<T> Receiver<T> {
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+#[cfg(tower_affinity_loom)]
+impl<T> Sender<T> {
+    /// The loom models drive the channel alone, never a request.
+    pub(crate) fn watch(&self) -> std::sync::Arc<dyn crate::cancel::Watch> {
+        unreachable!("no request under the loom models")
+    }
+}
+
+#[cfg(not(tower_affinity_loom))]
+impl<T: Send> Sender<T> {
+    /// Where the request's cancellation lives while this channel carries
+    /// its body (see `cancel::Scope::hand_over`).
+    pub(crate) fn watch(&self) -> Arc<dyn crate::cancel::Watch>
+    where
+        T: 'static,
+    {
+        self.shared.clone()
+    }
+}
+
+#[cfg(not(tower_affinity_loom))]
+impl<T: Send> crate::cancel::Watch for Chan<T> {
+    fn signal(
+        &self,
+        make: &mut dyn FnMut() -> Arc<crate::cancel::Signal>,
+    ) -> Arc<crate::cancel::Signal> {
+        let mut state = self.lock();
+        let signal = state.cancel.get_or_insert_with(make).clone();
+        let gone = state.reader_gone && !state.writer_gone;
+        drop(state);
+        if gone {
+            signal.fire();
+        }
+        signal
+    }
+
+    fn existing(&self) -> Option<Arc<crate::cancel::Signal>> {
+        self.lock().cancel.clone()
     }
 }
 

@@ -207,6 +207,13 @@
 //! [`WorkerId`] is passed to the factory and put in each request's
 //! extensions.
 //!
+//! [`ThreadAffinityLayer::worker_local`] gives a [`WorkerLocal`]: a value
+//! per worker thread built there by a factory, reachable from any handler
+//! on the pool's workers (ordinary axum handlers under `router.layer(layer)`
+//! included) without `thread_local!`. [`jobs`] runs closures on a key's
+//! worker ([`ThreadAffinityLayer::run_on_key`]) and on every worker
+//! ([`ThreadAffinityLayer::broadcast`]), outside HTTP.
+//!
 //! # Choosing buffer sizes
 //!
 //! - [`workers`](Builder::workers): how many requests can run user code at
@@ -274,6 +281,14 @@
 //! [`ThreadAffinityBody`] cancels the request: the worker notices while the
 //! inner future or body is pending (not only at the next frame), stops
 //! polling, and drops them on its own thread.
+//!
+//! Blocking code that runs long (a loop over many rows, a call it
+//! retries) can see the cut too: [`cancel::Cancellation::current`], called
+//! from the handler on its worker, gives a handle to check
+//! (`is_cancelled`), await (`cancelled`) or wait on (`wait_timeout`). It is
+//! set the moment the caller drops the future or body, even while the
+//! worker is blocked in the handler, and when the response deadline or a
+//! shutdown's timeout cuts the request.
 //!
 //! # Panics
 //!
@@ -383,9 +398,11 @@
 pub mod blocking;
 mod body;
 mod builder;
+pub mod cancel;
 mod channel;
 pub mod error;
 pub mod future;
+pub mod jobs;
 mod layer;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
@@ -401,6 +418,7 @@ pub mod stats;
 mod tonic;
 mod trace;
 mod worker_id;
+pub mod worker_local;
 
 pub use self::body::ThreadAffinityBody;
 pub use self::builder::{Builder, Overload};
@@ -409,6 +427,7 @@ pub use self::layer::ThreadAffinityLayer;
 pub use self::service::ThreadAffinity;
 pub use self::shutdown::ShutdownReport;
 pub use self::worker_id::WorkerId;
+pub use self::worker_local::WorkerLocal;
 /// Tower's `Layer` trait, re-exported so that `layer.layer(svc)` and
 /// `ServiceBuilder::layer` work without a direct dependency on `tower-layer`.
 pub use tower_layer::Layer;

@@ -31,8 +31,10 @@
 mod config;
 mod drain;
 mod driver;
+mod errand;
 mod exit;
 mod idle;
+mod inbox;
 mod job;
 mod lifecycle;
 mod load;
@@ -69,6 +71,7 @@ use crate::error::Failure;
 use crate::stats::Stats;
 
 pub(crate) use self::config::Config;
+pub(crate) use self::errand::Wait;
 pub(crate) use self::job::{Envelope, Job, JobHandle};
 pub(crate) use self::shared::Core;
 
@@ -113,7 +116,10 @@ impl Pool {
             .unzip();
         let queues: Vec<Queues> = own_rx
             .into_iter()
-            .map(|rx| Queues::core(rx, shared_rx.clone()))
+            .enumerate()
+            .map(|(index, rx)| {
+                Queues::core(rx, shared_rx.clone()).with_inbox(core.inboxes.receiver(index))
+            })
             .collect();
         // Made before the threads: if one fails to start, dropping this
         // closes the queues, and the threads already started end.

@@ -42,6 +42,8 @@ pub(crate) struct Queues {
     /// A core worker's own queue, for keyed jobs; spares have none.
     own: Option<Receiver<Envelope>>,
     shared: Receiver<Envelope>,
+    /// This slot's errands (`inbox.rs`), taken before its own queue.
+    inbox: Option<Receiver<Envelope>>,
 }
 
 impl Queues {
@@ -49,11 +51,22 @@ impl Queues {
         Self {
             own: Some(own),
             shared,
+            inbox: None,
         }
     }
 
     pub(super) fn spare(shared: Receiver<Envelope>) -> Self {
-        Self { own: None, shared }
+        Self {
+            own: None,
+            shared,
+            inbox: None,
+        }
+    }
+
+    /// With its slot's inbox of errands.
+    pub(super) fn with_inbox(mut self, inbox: Receiver<Envelope>) -> Self {
+        self.inbox = Some(inbox);
+        self
     }
 
     pub(super) fn shared(&self) -> &Receiver<Envelope> {
@@ -70,7 +83,8 @@ impl Source for Queues {
     type Job = Envelope;
 
     fn take_own(&self) -> Option<Envelope> {
-        self.own.as_ref().and_then(|own| own.try_recv().ok())
+        let errand = self.inbox.as_ref().and_then(|inbox| inbox.try_recv().ok());
+        errand.or_else(|| self.own.as_ref().and_then(|own| own.try_recv().ok()))
     }
 
     fn take_shared(&self) -> Option<Envelope> {
@@ -82,7 +96,10 @@ impl Source for Queues {
             .own
             .as_ref()
             .is_none_or(|own| own.is_closed() && own.is_empty());
-        own_done && self.shared.is_closed() && self.shared.is_empty()
+        // An errand posted before the queues closed is served (see
+        // `Pool::post`).
+        let inbox_done = self.inbox.as_ref().is_none_or(|inbox| inbox.is_empty());
+        own_done && inbox_done && self.shared.is_closed() && self.shared.is_empty()
     }
 
     fn more_shared(&self) -> bool {

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::driver::Driver;
 use super::idle::Idle;
+use super::inbox::Inboxes;
 use super::lifecycle::Lifecycle;
 use super::spare::Spares;
 use super::Config;
@@ -19,6 +20,8 @@ pub(crate) struct Core {
     pub(crate) spares: Spares,
     /// The runtime whose timers and I/O the workers use (see `driver.rs`).
     pub(crate) driver: Driver,
+    /// One inbox of errands per worker slot (`run_on_key`, `broadcast`).
+    pub(crate) inboxes: Inboxes,
     /// Tells this pool's worker threads from another pool's.
     pub(crate) id: u64,
     /// How many wrapped services have lost their last handle. A worker that
@@ -51,6 +54,7 @@ impl Core {
             lifecycle: Lifecycle::new(),
             idle: Idle::new(config.max_workers),
             spares: Spares::new(&config),
+            inboxes: Inboxes::new(config.max_workers),
             id: POOLS.fetch_add(1, Ordering::Relaxed),
             retired: AtomicU64::new(0),
             given_up: AtomicUsize::new(0),

@@ -115,6 +115,9 @@ impl WorkerState {
         for kept in gone {
             drop_guarded(kept);
         }
+        for value in crate::worker_local::take_retired() {
+            drop_guarded(value);
+        }
     }
 
     pub(super) fn reject(&self, envelope: Envelope, failure: Failure) {
@@ -182,6 +185,9 @@ impl WorkerState {
     pub(super) fn drop_services(&self) {
         for instance in self.services.take() {
             drop_guarded(instance);
+        }
+        for value in crate::worker_local::take_all() {
+            drop_guarded(value);
         }
     }
 }

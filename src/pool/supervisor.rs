@@ -226,7 +226,8 @@ fn start(core: &Arc<Core>, shared: &Receiver<Envelope>, threads: usize) -> bool 
     let counters = core.counters.worker(index);
     counters.alive.store(true, SeqCst);
     counters.used.store(true, SeqCst);
-    match worker::spawn(index, Queues::spare(shared.clone()), core.clone()) {
+    let queues = Queues::spare(shared.clone()).with_inbox(core.inboxes.receiver(index));
+    match worker::spawn(index, queues, core.clone()) {
         Ok(()) => {
             spares.started.fetch_add(1, Relaxed);
             trace::info!(
