@@ -1,42 +1,55 @@
-//! Streaming: `STREAM_BYTES` (default 1 GiB) in 64 KiB `Bytes` chunks from a
-//! blocking iterator to an async reader, measured in one process run.
+//! Streaming: one response of `STREAM_BYTES` (default 1 GiB) in 64 KiB
+//! `Bytes` slices of one 1 MiB buffer, from a blocking body, read as fast
+//! as possible, measured in one process run.
 //!
-//! Every chunk is a clone of one preallocated `Bytes` (a reference-count
-//! increment), so the figures measure the transport, not memory bandwidth.
-//! The reader runs on a 2-thread tokio runtime and checks that every chunk
-//! arrives uncopied (pointer-equal to the original).
+//! Every chunk is a slice of the same buffer (a reference-count increment),
+//! so the figures measure the transport, not memory bandwidth. The reader
+//! is a task on a 2-thread tokio runtime (as a hyper connection is) and
+//! checks that every chunk arrives uncopied (pointer-equal to its slice).
 //!
 //! - `tower_affinity`: `ThreadAffinityLayer` (2 workers, `body_buffer` 8),
-//!   an `IterBody` over the chunks, read with `BodyExt::frame`;
-//! - `spawn_blocking+mpsc`: the iterator in `spawn_blocking`, feeding a
-//!   bounded tokio mpsc channel of 8 with `blocking_send`;
-//! - `local_pool+mpsc`: the iterator in
-//!   `LocalPoolHandle::new(2).spawn_pinned`, feeding a bounded tokio mpsc
-//!   channel of 8 with `send().await`.
+//!   an `IterBody` over the slices;
+//! - `local_pool+mpsc`: `LocalPoolHandle::new(2).spawn_pinned` with an
+//!   async producer sending the slices into a tokio `mpsc(8)`;
+//! - `naive_pool+mpsc`: a naive pool of 2 std threads (`support::NaivePool`)
+//!   whose job sends the slices with `blocking_send` into `mpsc(8)`;
+//! - `spawn_blocking+mpsc`: the same job in `spawn_blocking`.
 //!
-//! Each variant is warmed up with a 64 MiB transfer, then measured
-//! `STREAM_ROUNDS` times (default 15), interleaved (a 1 GiB transfer takes
-//! only tens of milliseconds, and single runs are bimodal: whether the
-//! reader's and the producer's threads park between chunks decides much of
-//! it).
+//! No warm-up is excluded: every round counts, the first one too. Each
+//! round runs every variant once (`STREAM_ROUNDS`, default 7); ratios are
+//! taken per round against the baselines of the same round, and the median
+//! (with worst and best) over rounds is reported, beside three counts per
+//! chunk: the voluntary context switches of the whole process (a thread
+//! parking, to be woken), the CPU time of all its threads (what a hand-off
+//! burns, robust to a loaded machine), and the reader's waits (polls that
+//! returned `Pending`, each ended by one wake-up).
+//!
+//! Why this bench once said 1.03x `local_pool` while an independent run of
+//! this shape said 0.17x: it read each transfer in `Runtime::block_on`, on
+//! the bench's main thread, outside the runtime's worker threads, and it
+//! excluded a warm-up. A `block_on` reader is woken by unparking the main
+//! thread, which costs every variant the same slow thread wake-up per
+//! batch: the baselines ran at the layer's speed, and the ratio hid the
+//! layer's cost. A reader that is a runtime task (this bench, and any
+//! server) is woken into a worker thread that is often still spinning or
+//! busy, which tokio's mpsc side exploits and the layer's channel did not.
+//! `STREAM_READER=block_on` reads the old way, to see the difference.
 //!
 //! Then the `rows` case (see `streaming/rows.rs`): `STREAM_ROWS` (default
 //! 100,000; 0 skips it) rows of 100 bytes, one per item, for as many rounds.
 //!
-//! Ratios are taken per round against the baselines of the same round, and
-//! the median (with worst and best) over rounds is reported, with the
-//! context switches of the whole process per chunk (or frame) streamed.
-//!
-//! Run with `cargo bench --bench streaming`; `STREAM_BYTES=268435456
-//! STREAM_ROUNDS=5` keeps it under a minute.
+//! Run with `cargo bench --bench streaming`; `STREAM_ONLY=name,name` runs a
+//! subset.
 
 use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::BodyExt;
+use http_body::Body;
 use tokio::sync::mpsc;
 use tokio_util::task::LocalPoolHandle;
 use tower::{Service, ServiceExt};
@@ -45,140 +58,179 @@ use tower_layer::Layer;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{context_switches, env_or, loadavg, median, Spread, Watchdog};
+use support::{
+    cpu_nanos, env_or, loadavg, median, voluntary_switches, NaivePool, Spread, Watchdog,
+};
 
 #[path = "streaming/rows.rs"]
 mod rows;
 
 const CHUNK: usize = 64 * 1024;
+const BUFFER_BYTES: usize = 1 << 20;
 const BUFFER: usize = 8;
 const THREADS: usize = 2;
 const GIB: f64 = (1u64 << 30) as f64;
 
-/// The blocking iterator every variant drains: `n` clones of `chunk`.
-fn chunks(chunk: &Bytes, n: usize) -> impl Iterator<Item = Bytes> + Send + 'static {
-    std::iter::repeat_n(chunk.clone(), n)
+/// The blocking producer every variant drains: `n` slices of `buffer`, in
+/// turn.
+fn slices(buffer: &Bytes, n: usize) -> impl Iterator<Item = Bytes> + Send + 'static {
+    let buffer = buffer.clone();
+    (0..n).map(move |i| {
+        let at = i * CHUNK % BUFFER_BYTES;
+        buffer.slice(at..at + CHUNK)
+    })
 }
 
 /// What the reader saw.
+#[derive(Default)]
 struct Received {
     bytes: u64,
     copied: u64,
+    /// Polls of the reader that returned `Pending`.
+    waits: u64,
 }
 
 impl Received {
-    fn new() -> Self {
-        Self {
-            bytes: 0,
-            copied: 0,
-        }
-    }
-
-    fn take(&mut self, data: &Bytes, original: &Bytes) {
+    fn take(&mut self, data: &Bytes, buffer: &Bytes) {
         self.bytes += data.len() as u64;
-        if data.as_ptr() != original.as_ptr() {
-            self.copied += 1;
-        }
+        let at = buffer.as_ptr() as usize;
+        let inside = (at..at + BUFFER_BYTES).contains(&(data.as_ptr() as usize));
+        self.copied += u64::from(!inside);
     }
+}
+
+/// Polls `next` until it is ready, counting its `Pending`s in `waits`.
+async fn counted<F: Future>(waits: &mut u64, next: F) -> F::Output {
+    let mut next = pin!(next);
+    poll_fn(|cx| {
+        let polled = next.as_mut().poll(cx);
+        *waits += u64::from(polled.is_pending());
+        polled
+    })
+    .await
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Variant {
     Ours,
-    SpawnBlocking,
     LocalPool,
+    Naive,
+    SpawnBlocking,
 }
 
 impl Variant {
-    const ALL: [Variant; 3] = [Variant::Ours, Variant::SpawnBlocking, Variant::LocalPool];
+    const ALL: [Variant; 4] = [
+        Variant::Ours,
+        Variant::LocalPool,
+        Variant::Naive,
+        Variant::SpawnBlocking,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Variant::Ours => "tower_affinity",
-            Variant::SpawnBlocking => "spawn_blocking+mpsc",
             Variant::LocalPool => "local_pool+mpsc",
+            Variant::Naive => "naive_pool+mpsc",
+            Variant::SpawnBlocking => "spawn_blocking+mpsc",
+        }
+    }
+}
+
+/// The naive pool's job: send every slice, blocking while the channel is full.
+type Job = (Box<dyn Iterator<Item = Bytes> + Send>, mpsc::Sender<Bytes>);
+
+fn send_all((slices, tx): Job) {
+    for chunk in slices {
+        if tx.blocking_send(chunk).is_err() {
+            break;
         }
     }
 }
 
 /// The setups that live for the whole run (pools are started once).
 struct Setup {
-    chunk: Bytes,
+    buffer: Bytes,
     layer: ThreadAffinityLayer,
     local_pool: LocalPoolHandle,
+    naive: NaivePool<Job, ()>,
 }
 
 /// Moves `n` chunks through `variant`; returns what arrived and how long it took.
 async fn transfer(setup: &Setup, variant: Variant, n: usize) -> (Received, Duration) {
-    let original = setup.chunk.clone();
-    let mut received = Received::new();
+    let buffer = &setup.buffer;
+    let mut got = Received::default();
     let start = Instant::now();
-    match variant {
+    let mut rx = match variant {
         Variant::Ours => {
-            let chunk = setup.chunk.clone();
+            let buffer = buffer.clone();
             let mut svc = setup
                 .layer
                 .layer(blocking::service_fn(move |_: Request<()>| {
                     Response::new(blocking::IterBody::new(
-                        chunks(&chunk, n).map(Ok::<_, Infallible>),
+                        slices(&buffer, n).map(Ok::<_, Infallible>),
                     ))
                 }));
-            let response = svc
-                .ready()
-                .await
-                .expect("ready")
-                .call(Request::new(()))
-                .await
-                .expect("call");
-            let mut body = response.into_body();
-            while let Some(frame) = body.frame().await {
-                let frame = frame.expect("frame");
-                if let Some(data) = frame.data_ref() {
-                    received.take(data, &original);
+            let response = svc.ready().await.expect("ready");
+            let response = response.call(Request::new(())).await.expect("call");
+            let mut body = pin!(response.into_body());
+            let mut waits = 0;
+            while let Some(frame) =
+                counted(&mut waits, poll_fn(|cx| body.as_mut().poll_frame(cx))).await
+            {
+                if let Some(data) = frame.expect("frame").data_ref() {
+                    got.take(data, &setup.buffer);
                 }
             }
-        }
-        Variant::SpawnBlocking => {
-            let (tx, mut rx) = mpsc::channel(BUFFER);
-            let iter = chunks(&setup.chunk, n);
-            let producer = tokio::task::spawn_blocking(move || {
-                for chunk in iter {
-                    if tx.blocking_send(chunk).is_err() {
-                        break;
-                    }
-                }
-            });
-            while let Some(data) = rx.recv().await {
-                received.take(&data, &original);
-            }
-            producer.await.expect("producer");
+            got.waits = waits;
+            return (got, start.elapsed());
         }
         Variant::LocalPool => {
-            let (tx, mut rx) = mpsc::channel(BUFFER);
-            let iter = chunks(&setup.chunk, n);
-            let producer = setup.local_pool.spawn_pinned(move || async move {
-                for chunk in iter {
+            let (tx, rx) = mpsc::channel(BUFFER);
+            let slices = slices(buffer, n);
+            // Detached: the channel's end tells the reader it is done.
+            drop(setup.local_pool.spawn_pinned(move || async move {
+                for chunk in slices {
                     if tx.send(chunk).await.is_err() {
                         break;
                     }
                 }
-            });
-            while let Some(data) = rx.recv().await {
-                received.take(&data, &original);
-            }
-            producer.await.expect("producer");
+            }));
+            rx
         }
+        Variant::Naive => {
+            let (tx, rx) = mpsc::channel(BUFFER);
+            drop(setup.naive.call((Box::new(slices(buffer, n)), tx)));
+            rx
+        }
+        Variant::SpawnBlocking => {
+            let (tx, rx) = mpsc::channel(BUFFER);
+            let job: Job = (Box::new(slices(buffer, n)), tx);
+            drop(tokio::task::spawn_blocking(move || send_all(job)));
+            rx
+        }
+    };
+    while let Some(data) = counted(&mut got.waits, rx.recv()).await {
+        got.take(&data, buffer);
     }
-    (received, start.elapsed())
+    (got, start.elapsed())
+}
+
+/// Per variant over the rounds: GiB/s; per chunk, voluntary context
+/// switches (parks), CPU time and the reader's waits.
+#[derive(Default, Clone)]
+struct Rounds {
+    rates: Vec<f64>,
+    switches: Vec<f64>,
+    cpu: Vec<f64>,
+    waits: Vec<f64>,
 }
 
 fn main() {
     let total: u64 = env_or("STREAM_BYTES", 1u64 << 30);
-    let rounds: usize = env_or("STREAM_ROUNDS", 15).max(1);
+    let rounds: usize = env_or("STREAM_ROUNDS", 7).max(1);
     let n = (total / CHUNK as u64).max(1) as usize;
     let bytes = (n * CHUNK) as u64;
-    let warmup_n = (64 << 20) / CHUNK;
-    // STREAM_ONLY=name,name runs a subset (for profiling).
+    let in_task = std::env::var("STREAM_READER").map_or(true, |r| r != "block_on");
     let only: Option<Vec<String>> = std::env::var("STREAM_ONLY")
         .ok()
         .map(|v| v.split(',').map(str::to_owned).collect());
@@ -196,21 +248,26 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let setup = Setup {
-        chunk: Bytes::from(vec![0xa5u8; CHUNK]),
+    let setup = std::sync::Arc::new(Setup {
+        buffer: Bytes::from(vec![0xa5u8; BUFFER_BYTES]),
         layer: ThreadAffinityLayer::builder()
             .workers(THREADS)
             .body_buffer(BUFFER)
             .build(),
         local_pool: LocalPoolHandle::new(THREADS),
-    };
+        naive: NaivePool::new(THREADS, "naive", send_all),
+    });
 
     println!(
-        "streaming: {:.3} GiB in {} chunks of {} KiB, buffer {BUFFER} chunks, \
-         {THREADS}-thread tokio runtime, {rounds} round(s) per variant",
+        "streaming: {:.3} GiB in {n} slices of {} KiB of one 1 MiB buffer, buffer {BUFFER} \
+         chunks, {THREADS}-thread tokio runtime, reader {}, {rounds} round(s), no warm-up",
         bytes as f64 / GIB,
-        n,
-        CHUNK / 1024
+        CHUNK / 1024,
+        if in_task {
+            "a runtime task"
+        } else {
+            "in block_on"
+        },
     );
     println!(
         "machine: {} cpus, shared with other jobs (expect noise); load average at start: {}",
@@ -218,24 +275,13 @@ fn main() {
         loadavg()
     );
     println!();
-
-    let watchdog = Watchdog::arm("warmup".into(), Duration::from_secs(60));
-    runtime.block_on(async {
-        for &variant in &variants {
-            let (received, _) = transfer(&setup, variant, warmup_n).await;
-            assert_eq!(received.bytes, (warmup_n * CHUNK) as u64);
-        }
-    });
-    drop(watchdog);
-
     println!("GiB/s per round (copied chunks in brackets: must be 0):");
     print!("{:<6}", "round");
     for variant in &variants {
         print!(" {:>24}", variant.name());
     }
     println!();
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-    let mut switches: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut results = vec![Rounds::default(); variants.len()];
     for round in 1..=rounds {
         print!("{round:<6}");
         for (i, &variant) in variants.iter().enumerate() {
@@ -243,48 +289,65 @@ fn main() {
                 format!("round {round} {}", variant.name()),
                 Duration::from_secs(60),
             );
-            let before = context_switches();
-            let (received, elapsed) = runtime.block_on(transfer(&setup, variant, n));
-            switches[i].push((context_switches() - before) as f64 / n as f64);
+            let (switches, cpu) = (voluntary_switches(), cpu_nanos());
+            let (got, elapsed) = if in_task {
+                let setup = setup.clone();
+                runtime
+                    .block_on(runtime.spawn(async move { transfer(&setup, variant, n).await }))
+                    .expect("reader")
+            } else {
+                runtime.block_on(transfer(&setup, variant, n))
+            };
+            let (switches, cpu) = (voluntary_switches() - switches, cpu_nanos() - cpu);
             drop(watchdog);
-            assert_eq!(received.bytes, bytes, "{} lost data", variant.name());
+            assert_eq!(got.bytes, bytes, "{} lost data", variant.name());
             let rate = bytes as f64 / GIB / elapsed.as_secs_f64();
-            print!(" {:>20.2} [{}]", rate, received.copied);
-            rates[i].push(rate);
+            print!(" {:>20.2} [{}]", rate, got.copied);
+            results[i].rates.push(rate);
+            results[i].switches.push(switches as f64 / n as f64);
+            results[i].cpu.push(cpu as f64 / 1e3 / n as f64);
+            results[i].waits.push(got.waits as f64 / n as f64);
         }
         println!();
     }
 
     println!("load average at end: {}", loadavg());
-    // Ratios against tower_affinity, when it ran: per round, against the
-    // baselines of the same round, then the median over rounds.
-    let ours = variants.iter().position(|&v| v == Variant::Ours);
-    let chunks_per_sec = |gib_per_sec: f64| gib_per_sec * GIB / CHUNK as f64;
-    println!();
-    println!("per variant over {rounds} rounds; tower_affinity / variant, per round:");
-    println!(
-        "{:<20} {:>12} {:>12} {:>12}   ours / variant: median (worst, best)",
-        "variant", "median GiB/s", "chunks/s", "ctx sw/chunk"
-    );
-    for (i, variant) in variants.iter().enumerate() {
-        let ratios: Vec<f64> = match ours {
-            Some(o) => (0..rounds).map(|r| rates[o][r] / rates[i][r]).collect(),
-            None => Vec::new(),
-        };
-        let rate = median(rates[i].clone());
-        println!(
-            "{:<20} {:>12.2} {:>12.0} {:>12.3}   {}",
-            variant.name(),
-            rate,
-            chunks_per_sec(rate),
-            median(switches[i].clone()),
-            Spread::of(&ratios),
-        );
-    }
-    println!("(×: higher is better for tower_affinity)");
+    report(&variants, &results, rounds);
 
     let rows: usize = env_or("STREAM_ROWS", 100_000);
     if rows > 0 {
         rows::run(&runtime, THREADS, &setup.local_pool, rows, rounds);
     }
+}
+
+/// Prints the medians, and tower_affinity's ratio to each variant: per
+/// round, against the baselines of the same round, then the median.
+fn report(variants: &[Variant], results: &[Rounds], rounds: usize) {
+    let ours = variants.iter().position(|&v| v == Variant::Ours);
+    println!();
+    println!("per variant over {rounds} rounds; tower_affinity / variant, per round:");
+    println!(
+        "{:<20} {:>12} {:>12} {:>12} {:>12} {:>12}   ours / variant: median (worst, best)",
+        "variant", "median GiB/s", "chunks/s", "parks/chunk", "cpu µs/chunk", "waits/chunk"
+    );
+    for (i, variant) in variants.iter().enumerate() {
+        let ratios: Vec<f64> = match ours {
+            Some(o) => (0..rounds)
+                .map(|r| results[o].rates[r] / results[i].rates[r])
+                .collect(),
+            None => Vec::new(),
+        };
+        let rate = median(results[i].rates.clone());
+        println!(
+            "{:<20} {:>12.2} {:>12.0} {:>12.3} {:>12.3} {:>12.3}   {}",
+            variant.name(),
+            rate,
+            rate * GIB / CHUNK as f64,
+            median(results[i].switches.clone()),
+            median(results[i].cpu.clone()),
+            median(results[i].waits.clone()),
+            Spread::of(&ratios),
+        );
+    }
+    println!("(×: higher is better for tower_affinity)");
 }

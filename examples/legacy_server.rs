@@ -6,6 +6,7 @@
 //! curl -s localhost:3000/orders/42
 //! curl -s localhost:3000/export.csv | wc -l
 //! curl -s -H 'x-session: alice' localhost:3000/session
+//! curl -s -X POST --data 'hello' 'localhost:3000/notes?author=alice'
 //! # the pool's figures in Prometheus text, with `--features metrics`:
 //! curl -s localhost:3000/metrics
 //! ```
@@ -32,7 +33,10 @@
 //! `Worker`: its own SQLite connection and session table, built on the
 //! thread by `ThreadAffinityLayer::service_with` and never shared. Requests
 //! carrying an `x-session` header always go to the same worker, so a
-//! session's state stays where it was made. `/export.csv` streams the whole table without loading
+//! session's state stays where it was made. Every write (`POST /notes`)
+//! goes to one worker by a constant key, so SQLite has one writer and never
+//! answers "database is locked", while reads spread over all the workers
+//! (see [`notes`]). `/export.csv` streams the whole table without loading
 //! it: the worker reads the next page of rows only when the client has taken
 //! the previous ones, and serves other requests in between.
 
@@ -48,13 +52,16 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use bytes::Bytes;
-use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use tower_affinity::blocking::{try_service_fn, IterBody};
 use tower_affinity::error::ResponseBody;
 use tower_affinity::{BoxError, ThreadAffinity, ThreadAffinityLayer, WorkerId};
+
+#[path = "legacy_server/notes.rs"]
+pub mod notes;
 
 /// How many orders the demo database holds.
 const ROWS: i64 = 200_000;
@@ -77,15 +84,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let db = db_path();
     seed(&db)?;
 
-    // SQLite reads can wait on the disk, so a few more threads than cores.
-    // The layer's threads are the only ones that touch the database after
-    // seeding; each opens its own read-only connection. A session's requests
-    // all go to one worker, where its state lives.
-    let layer = ThreadAffinityLayer::builder()
-        .workers(4)
-        .thread_name("sqlite-worker")
-        .affinity_header(HeaderName::from_static("x-session"))
-        .build();
+    let layer = layer();
 
     let port: u16 = match std::env::var("PORT") {
         Ok(port) => port.parse()?,
@@ -112,6 +111,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!("  curl -s http://{addr}/export.csv | head");
     println!("  curl -s http://{addr}/export.csv | wc -l");
     println!("  curl -s -H 'x-session: alice' http://{addr}/session");
+    println!("  curl -s -X POST --data 'hello' 'http://{addr}/notes?author=alice'");
+    println!("  curl -s 'http://{addr}/notes?author=alice'");
     println!("  curl -s http://{addr}/metrics");
 
     let router = app(&layer).merge(metrics);
@@ -121,6 +122,19 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let _ = tokio::time::timeout(LINGER, layer.shutdown()).await;
     println!("legacy_server {} stopped", instance());
     Ok(())
+}
+
+/// The layer: SQLite reads can wait on the disk, so a few more threads
+/// than cores. The layer's threads are the only ones that touch the
+/// database after seeding; each opens its own read-only connection, and
+/// the one that every write goes to opens the writable one. A session's
+/// requests all go to one worker, where its state lives.
+pub fn layer() -> ThreadAffinityLayer {
+    ThreadAffinityLayer::builder()
+        .workers(4)
+        .thread_name("sqlite-worker")
+        .affinity_key(notes::key)
+        .build()
 }
 
 // ---------------------------------------------------------------------------
@@ -273,6 +287,7 @@ pub fn app(layer: &ThreadAffinityLayer) -> Router {
         .route_service("/orders/{id}", svc.clone())
         .route_service("/stats", svc.clone())
         .route_service("/export.csv", svc.clone())
+        .route_service("/notes", svc.clone())
         .route_service("/session", svc)
 }
 
@@ -283,6 +298,8 @@ struct Worker {
     db: Rc<Connection>,
     /// Visits per session: only ever correct because sessions are sticky.
     sessions: RefCell<HashMap<String, u64>>,
+    /// The writable connection, on the one worker that writes.
+    writer: notes::Writer,
 }
 
 /// The blocking application: a factory that builds a `Worker` on each
@@ -310,6 +327,7 @@ fn blocking_app(
             id,
             db: Rc::new(db),
             sessions: RefCell::default(),
+            writer: notes::Writer::default(),
         };
         try_service_fn(move |req: Req| {
             if let Some(refused) = only_get(&req) {
@@ -321,6 +339,8 @@ fn blocking_app(
                 "/stats" => stats,
                 "/export.csv" => export_csv,
                 "/session" => session,
+                "/notes" if req.method() == Method::POST => notes::post,
+                "/notes" => notes::count,
                 _ if path.starts_with("/orders/") => order,
                 _ => not_found,
             };
@@ -343,6 +363,8 @@ GET /orders/{id}   one order as JSON (404 if there is none)
 GET /stats         number of orders and their total, as JSON
 GET /export.csv    every order as CSV, streamed page by page
 GET /session       visits of the session named by the x-session header
+POST /notes?author=NAME   appends the body as NAME's next note (one writer)
+GET /notes?author=NAME    how many notes NAME has (any worker)
 GET /metrics       the pool's figures, Prometheus text (--features metrics)
 ";
     Ok(reply(StatusCode::OK, TEXT, text))
@@ -541,6 +563,10 @@ pub fn db_path() -> PathBuf {
 pub fn seed(path: &Path) -> rusqlite::Result<()> {
     let mut db = Connection::open(path)?;
     db.busy_timeout(Duration::from_secs(60))?;
+    // WAL: readers never block the writer, nor it them. It stays set in
+    // the file. Outside any transaction, as SQLite requires.
+    db.pragma_update(None, "journal_mode", "WAL")?;
+    db.execute_batch(notes::SCHEMA)?;
     // One transaction: one journal write and one fsync for all rows, rather
     // than one per row (seconds instead of minutes).
     let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -609,10 +635,11 @@ fn json<T: Serialize>(value: &T) -> Handled {
     Ok(reply(StatusCode::OK, "application/json", bytes))
 }
 
-/// Every route here is read-only: anything but `GET` (or `HEAD`, whose body
-/// hyper drops) gets `405`.
+/// Every route but `POST /notes` is read-only: anything else but `GET`
+/// (or `HEAD`, whose body hyper drops) gets `405`.
 fn only_get(req: &Req) -> Option<Response<AppBody>> {
-    if matches!(*req.method(), Method::GET | Method::HEAD) {
+    let write = *req.method() == Method::POST && req.uri().path() == "/notes";
+    if write || matches!(*req.method(), Method::GET | Method::HEAD) {
         return None;
     }
     let mut response = reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET here\n");

@@ -8,14 +8,19 @@
 //!
 //! The worker ends every streamed response with an explicit end marker. A
 //! channel that closes without one means the producer died, and the body
-//! ends with [`WorkerGone`] rather than a clean (truncated) end.
+//! ends with [`WorkerGone`] rather than a clean (truncated) end. A response
+//! deadline is kept here too (see `deadline.rs`), so that it holds while
+//! the worker is stuck producing a frame.
+
+mod deadline;
 
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use self::deadline::Deadline;
 use crate::channel::{self, Receiver, Sender};
-use crate::error::{BoxError, WorkerGone};
+use crate::error::{BoxError, Elapsed, WorkerGone};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -49,8 +54,9 @@ impl Msg {
             Msg::Frame(frame) => match frame.data_ref() {
                 Some(first) if first.len() < cap && first.len() + data.len() <= cap => {
                     // One buffer of the cap for the whole run of small
-                    // frames: each byte is copied once.
-                    let mut merged = BytesMut::with_capacity(cap);
+                    // frames: each byte is copied once. A cap past 64 KiB
+                    // (`merge_frames(usize::MAX)`) grows as frames merge.
+                    let mut merged = BytesMut::with_capacity(cap.min(64 * 1024));
                     merged.extend_from_slice(first);
                     merged.extend_from_slice(data);
                     *self = Msg::Merged(merged);
@@ -99,7 +105,10 @@ pub(crate) type FrameSender = Sender<Msg>;
 /// clean early end.
 ///
 /// Dropping it cancels the response: the worker stops polling the inner body
-/// and drops it on its own thread.
+/// and drops it on its own thread. With a
+/// [`response_deadline`](crate::Builder::response_deadline), it ends with
+/// [`Elapsed`] at the deadline, even while its worker is stuck producing the
+/// frame it waits for.
 pub struct ThreadAffinityBody {
     kind: Kind,
     hint: SizeHint,
@@ -109,7 +118,11 @@ enum Kind {
     /// Everything the inner body produced, already here: zero or one item.
     Ready(Option<Result<Frame<Bytes>, BoxError>>),
     /// Frames still being produced on the worker.
-    Streaming { rx: Receiver<Msg>, ended: bool },
+    Streaming {
+        rx: Receiver<Msg>,
+        ended: bool,
+        deadline: Option<Deadline>,
+    },
 }
 
 impl ThreadAffinityBody {
@@ -139,11 +152,20 @@ impl ThreadAffinityBody {
         response
     }
 
-    /// A streamed body, fed by the worker through a channel of `capacity`.
-    pub(crate) fn channel(capacity: usize, hint: SizeHint) -> (FrameSender, Self) {
+    /// A streamed body, fed by the worker through a channel of `capacity`,
+    /// that ends with [`Elapsed`] at `deadline` if it has not ended by then.
+    pub(crate) fn channel(
+        capacity: usize,
+        hint: SizeHint,
+        deadline: Option<tokio::time::Instant>,
+    ) -> (FrameSender, Self) {
         let (tx, rx) = channel::channel(capacity);
         let body = Self {
-            kind: Kind::Streaming { rx, ended: false },
+            kind: Kind::Streaming {
+                rx,
+                ended: false,
+                deadline: deadline.map(Deadline::new),
+            },
             hint,
         };
         (tx, body)
@@ -163,6 +185,19 @@ impl ThreadAffinityBody {
             None => self.hint.set_lower(lower),
         }
     }
+
+    /// What a message from the worker means for the reader, and whether
+    /// the body ends with it.
+    fn item(msg: Option<Msg>) -> (Option<Result<Frame<Bytes>, BoxError>>, bool) {
+        match msg {
+            Some(Msg::Frame(frame)) => (Some(Ok(frame)), false),
+            Some(Msg::Merged(data)) => (Some(Ok(Frame::data(data.freeze()))), false),
+            Some(Msg::Error(error)) => (Some(Err(error)), true),
+            Some(Msg::End) => (None, true),
+            // The worker dropped its sender without an end marker.
+            None => (Some(Err(WorkerGone::new().into())), true),
+        }
+    }
 }
 
 impl Body for ThreadAffinityBody {
@@ -177,21 +212,27 @@ impl Body for ThreadAffinityBody {
         let item = match &mut this.kind {
             Kind::Ready(item) => item.take(),
             Kind::Streaming { ended: true, .. } => None,
-            Kind::Streaming { rx, ended } => match std::task::ready!(rx.poll_recv(cx)) {
-                Some(Msg::Frame(frame)) => Some(Ok(frame)),
-                Some(Msg::Merged(data)) => Some(Ok(Frame::data(data.freeze()))),
-                Some(Msg::Error(error)) => {
-                    *ended = true;
-                    Some(Err(error))
+            Kind::Streaming {
+                rx,
+                ended,
+                deadline,
+            } => match rx.poll_recv(cx) {
+                Poll::Ready(msg) => {
+                    let (item, end) = Self::item(msg);
+                    *ended = end;
+                    item
                 }
-                Some(Msg::End) => {
+                Poll::Pending => {
+                    let Some(deadline) = deadline else {
+                        return Poll::Pending;
+                    };
+                    std::task::ready!(deadline.poll_elapsed(cx));
+                    // The worker may be stuck in the inner body: end here,
+                    // and close the channel, so the frames it would still
+                    // send are dropped at once and the stream holds nothing.
+                    rx.close();
                     *ended = true;
-                    None
-                }
-                // The worker dropped its sender without an end marker.
-                None => {
-                    *ended = true;
-                    Some(Err(WorkerGone::new().into()))
+                    Some(Err(Elapsed::new().into()))
                 }
             },
         };

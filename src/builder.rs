@@ -64,7 +64,7 @@ impl Builder {
                 max_workers: workers,
                 keep_alive: Duration::from_secs(10),
                 spawn_limit: None,
-                runtime_limit: None,
+                start_limit: None,
                 queue_capacity: 1024,
                 max_streams_per_worker: 256,
                 body_buffer: 8,
@@ -129,6 +129,8 @@ impl Builder {
     /// If the operating system refuses a thread, the pool keeps serving
     /// with the threads it has and lowers this ceiling to them (see
     /// [`Stats::spawn_failures`](crate::stats::Stats::spawn_failures)).
+    /// At most 32,768 (see [`try_build`](Self::try_build)): each thread's
+    /// slot is made when the pool starts.
     ///
     /// ```
     /// use tower_affinity::ThreadAffinityLayer;
@@ -144,7 +146,8 @@ impl Builder {
     /// How long a spare worker waits without work before it retires,
     /// dropping its service instances on its thread. Default 10 s (as
     /// tokio's blocking pool). Spares retire one at a time, at most one per
-    /// quarter of this; core workers never do.
+    /// quarter of this; core workers never do. `Duration::ZERO` retires a
+    /// spare as soon as it is idle; `Duration::MAX`, never.
     pub fn keep_alive(mut self, idle: Duration) -> Self {
         self.config.keep_alive = idle;
         self
@@ -158,11 +161,11 @@ impl Builder {
         self
     }
 
-    /// Test seam: worker runtimes after the first `n` fail to build, as if
-    /// the process were out of file descriptors.
+    /// Test seam: worker starts after the first `n` fail on their thread,
+    /// as if the process were out of resources.
     #[doc(hidden)]
-    pub fn fail_runtimes_after(mut self, n: usize) -> Self {
-        self.config.runtime_limit = Some(n);
+    pub fn fail_starts_after(mut self, n: usize) -> Self {
+        self.config.start_limit = Some(n);
         self
     }
 
@@ -170,7 +173,9 @@ impl Builder {
     /// it is the [`overload`](Self::overload) policy. Each worker's own
     /// queue (for keyed requests) also holds at most this many; a keyed
     /// request finding its worker's queue full gets `503` under either
-    /// policy.
+    /// policy. Up to 4,096 places are allocated when the pool starts, more
+    /// as they fill; at most `usize::MAX >> 3` (see
+    /// [`try_build`](Self::try_build)).
     ///
     /// # Panics
     ///
@@ -249,7 +254,10 @@ impl Builder {
         self
     }
 
-    /// The prefix of the worker threads' names: `{prefix}-{index}`.
+    /// The prefix of the worker threads' names: `{prefix}-{index}`. It
+    /// must not hold a NUL byte (see [`try_build`](Self::try_build)).
+    /// Linux keeps the first 15 bytes of a name, as `top` and `/proc`
+    /// show it.
     pub fn thread_name(mut self, prefix: impl Into<String>) -> Self {
         self.config.thread_name = prefix.into();
         self
@@ -263,8 +271,12 @@ impl Builder {
     }
 
     /// Answers `503 Service Unavailable` to a request that waited longer
-    /// than `timeout` in a queue, without ever reaching the inner service.
-    /// Off by default.
+    /// than `timeout` for a worker, without ever reaching the inner service.
+    /// Off by default. The wait counts from the first `poll_ready` that had
+    /// to wait for a place in the full queue (under [`Overload::Wait`]), or
+    /// else from `call`, until a worker starts the request: a caller
+    /// waiting in `poll_ready` is ready once the timeout has passed, and
+    /// its `call` is answered `503` at once.
     ///
     /// The caller's [`ResponseFuture`](crate::future::ResponseFuture) keeps
     /// the time on the caller's Tokio runtime (it needs time enabled, as
@@ -275,7 +287,8 @@ impl Builder {
     /// place in the queue until a worker takes it off and drops it
     /// unstarted, so a stuck pool shows as a full queue, not as unbounded
     /// growth. Off a Tokio runtime, the worker checks the timeout when it
-    /// takes the job.
+    /// takes the job. `Duration::ZERO` answers every request that has to
+    /// wait at all; `Duration::MAX` is the same as none.
     pub fn queue_timeout(mut self, timeout: Duration) -> Self {
         self.config.queue_timeout = Some(timeout);
         self
@@ -284,13 +297,19 @@ impl Builder {
     /// Ends every streamed response body that has not finished within
     /// `deadline` of its request starting on a worker: the body ends with
     /// [`error::Elapsed`](crate::error::Elapsed) and the inner body is
-    /// dropped on its worker. Checked between frames and while waiting for
-    /// the inner body or the reader, so that no stream runs forever; a
-    /// frame that blocks its worker cannot be interrupted. Off by default.
+    /// dropped on its worker. The worker checks it between frames and while
+    /// waiting for the inner body or the reader, and then drops the frames
+    /// still waiting, so an expired stream holds nothing. The reader keeps
+    /// it too, with a timer on its own Tokio runtime: a reader waiting for a
+    /// frame gets the error at the deadline even while the worker is stuck
+    /// producing that frame (a frame that blocks its worker cannot be
+    /// interrupted; the worker drops the inner body once the frame's poll
+    /// returns). A deadline past what an `Instant` can hold
+    /// (`Duration::MAX`) is no deadline. Off by default.
     ///
     /// It does not bound the wait for the head: put a `TimeoutLayer`
     /// outside this layer for that (dropping the response future cancels
-    /// the request on its worker).
+    /// the request on its worker). `Duration::MAX` is the same as none.
     pub fn response_deadline(mut self, deadline: Duration) -> Self {
         self.config.response_deadline = Some(deadline);
         self
@@ -361,9 +380,11 @@ impl Builder {
     }
 
     /// Runs `hook` on each worker thread when it stops, after it has dropped
-    /// its service instances: at shutdown, when a spare retires, and also on
-    /// a thread that a panic escaping the shields ended (after its guarded
-    /// cleanup) or whose runtime could not be built.
+    /// its service instances and its runtime, with any task still on it
+    /// (see "Threading model" in the crate docs): at shutdown, when a spare
+    /// retires, and also on a thread that a panic escaping the shields
+    /// ended (after its guarded cleanup) or whose runtime could not be
+    /// built.
     pub fn on_thread_stop<F>(mut self, hook: F) -> Self
     where
         F: Fn(&WorkerId) + Send + Sync + 'static,
@@ -376,11 +397,17 @@ impl Builder {
     ///
     /// # Panics
     ///
-    /// If a thread cannot be started (the threads already started end
-    /// first); [`try_build`](Self::try_build) returns the error instead.
+    /// Before any thread starts, if a setting is past what a pool can hold
+    /// (see [`try_build`](Self::try_build)'s errors); or if a thread cannot
+    /// be started (the threads already started end first).
+    /// [`try_build`](Self::try_build) returns the error instead.
     pub fn build(self) -> ThreadAffinityLayer {
-        match self.try_build() {
-            Ok(layer) => layer,
+        let config = self.into_config();
+        if let Err(error) = config.check() {
+            panic!("{error}");
+        }
+        match Pool::launch(config) {
+            Ok(pool) => ThreadAffinityLayer::from_pool(pool),
             Err(error) => panic!("tower-affinity: failed to start a worker thread: {error}"),
         }
     }
@@ -389,13 +416,24 @@ impl Builder {
     /// system's error if a core worker's thread cannot be started; the
     /// threads already started then end.
     ///
+    /// # Errors
+    ///
+    /// Of kind [`InvalidInput`](io::ErrorKind::InvalidInput), before any
+    /// thread starts: a [`thread_name`](Self::thread_name) holding a NUL
+    /// byte, a [`queue_capacity`](Self::queue_capacity) above
+    /// `usize::MAX >> 3` (Tokio's `Semaphore::MAX_PERMITS`), or
+    /// [`max_workers`](Self::max_workers) or [`workers`](Self::workers)
+    /// above 32,768. Otherwise, the operating system's error.
+    ///
     /// ```
     /// let layer = tower_affinity::ThreadAffinityLayer::builder().workers(2).try_build()?;
     /// # let _ = layer;
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn try_build(self) -> io::Result<ThreadAffinityLayer> {
-        Pool::launch(self.into_config()).map(ThreadAffinityLayer::from_pool)
+        let config = self.into_config();
+        config.check()?;
+        Pool::launch(config).map(ThreadAffinityLayer::from_pool)
     }
 
     /// The configuration, settled: `max_workers` at its default if unset,

@@ -37,13 +37,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Chan {
         state: Mutex::new(State {
-            queue: VecDeque::with_capacity(capacity),
+            // Room for the common case up front, the rest as items wait:
+            // `body_buffer(usize::MAX)` must not allocate (or abort) here.
+            queue: VecDeque::with_capacity(capacity.min(16)),
             capacity,
             reader: None,
             room: None,
             closed: None,
             reader_gone: false,
             writer_gone: false,
+            cancel: None,
         }),
     });
     (
@@ -70,6 +73,9 @@ struct State<T> {
     closed: Option<Waker>,
     reader_gone: bool,
     writer_gone: bool,
+    /// The request's cancellation, if its handler asked for it: fired when
+    /// the reader goes before the end.
+    cancel: Option<std::sync::Arc<crate::cancel::Signal>>,
 }
 
 impl<T> Chan<T> {
@@ -165,6 +171,29 @@ impl<T> Sender<T> {
     }
 }
 
+impl<T> Sender<T> {
+    /// Ends the stream with `last` in place of every item still queued, at
+    /// once: the reader gets `last` next, without waiting for room, and
+    /// the stream holds nothing else. Returns the items it replaced, for
+    /// the caller to drop (they may run user code), or `Closed` (with
+    /// `last`) if the reader has gone.
+    pub(crate) fn close_with(&self, last: T) -> Result<VecDeque<T>, (Closed, T)> {
+        let mut state = self.shared.lock();
+        if state.reader_gone {
+            return Err((Closed, last));
+        }
+        let left = std::mem::take(&mut state.queue);
+        // The reader's next item; capacity no longer matters.
+        state.queue.push_back(last);
+        let reader = state.reader.take();
+        drop(state);
+        if let Some(reader) = reader {
+            reader.wake();
+        }
+        Ok(left)
+    }
+}
+
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
@@ -211,14 +240,21 @@ impl<T> Receiver<T> {
     }
 }
 
-impl<T> Drop for Receiver<T> {
-    fn drop(&mut self) {
+impl<T> Receiver<T> {
+    /// Leaves: the producer learns it at once (woken if it waits for room
+    /// or for its inner body), and the items still queued are dropped here,
+    /// so a closed channel holds nothing. Later sends say `Closed`.
+    pub(crate) fn close(&mut self) {
         let mut state = self.shared.lock();
         state.reader_gone = true;
         let queue = std::mem::take(&mut state.queue);
         let room = state.room.take();
         let closed = state.closed.take();
+        let cancel = state.cancel.take().filter(|_| !state.writer_gone);
         drop(state);
+        if let Some(cancel) = cancel {
+            cancel.fire();
+        }
         // Wake first: the items left are frames and errors, and an error's
         // `Drop` is user code that may panic; the producer must still learn
         // that the reader has gone.
@@ -228,6 +264,53 @@ impl<T> Drop for Receiver<T> {
         // Dropped here, on the reader's side: they are frames (bytes and
         // headers) and boxed errors, not anything of the inner service's.
         drop(queue);
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[cfg(tower_affinity_loom)]
+impl<T> Sender<T> {
+    /// The loom models drive the channel alone, never a request.
+    pub(crate) fn watch(&self) -> std::sync::Arc<dyn crate::cancel::Watch> {
+        unreachable!("no request under the loom models")
+    }
+}
+
+#[cfg(not(tower_affinity_loom))]
+impl<T: Send> Sender<T> {
+    /// Where the request's cancellation lives while this channel carries
+    /// its body (see `cancel::Scope::hand_over`).
+    pub(crate) fn watch(&self) -> Arc<dyn crate::cancel::Watch>
+    where
+        T: 'static,
+    {
+        self.shared.clone()
+    }
+}
+
+#[cfg(not(tower_affinity_loom))]
+impl<T: Send> crate::cancel::Watch for Chan<T> {
+    fn signal(
+        &self,
+        make: &mut dyn FnMut() -> Arc<crate::cancel::Signal>,
+    ) -> Arc<crate::cancel::Signal> {
+        let mut state = self.lock();
+        let signal = state.cancel.get_or_insert_with(make).clone();
+        let gone = state.reader_gone && !state.writer_gone;
+        drop(state);
+        if gone {
+            signal.fire();
+        }
+        signal
+    }
+
+    fn existing(&self) -> Option<Arc<crate::cancel::Signal>> {
+        self.lock().cancel.clone()
     }
 }
 

@@ -94,8 +94,10 @@ impl std::error::Error for WorkerGone {}
 
 /// The response deadline passed before the body ended.
 ///
-/// Yielded by [`ThreadAffinityBody`]; the inner body was dropped on its
-/// worker. See [`Builder::response_deadline`](crate::Builder::response_deadline).
+/// Yielded by [`ThreadAffinityBody`]; the inner body is dropped on its
+/// worker (at once, or, if the worker is stuck producing a frame, when that
+/// frame's poll returns). See
+/// [`Builder::response_deadline`](crate::Builder::response_deadline).
 #[derive(Debug)]
 pub struct Elapsed {
     _priv: (),

@@ -100,6 +100,22 @@ impl QueueTimeout {
             core: core.clone(),
         })
     }
+
+    /// Ready once the timeout has passed.
+    pub(crate) fn poll_elapsed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.sleep.as_mut().poll(cx)
+    }
+
+    pub(crate) fn is_elapsed(&self) -> bool {
+        self.sleep.is_elapsed()
+    }
+
+    /// Counts a request answered for its timeout, and its answer.
+    pub(crate) fn answer(&self) -> Failure {
+        self.core.counters.timed_out.fetch_add(1, Relaxed);
+        trace::debug!("queue timeout elapsed");
+        Failure::TimedOut
+    }
 }
 
 impl<E> ResponseFuture<E> {
@@ -147,10 +163,8 @@ impl<E> Future for ResponseFuture<E> {
                     let Some(queue) = timeout else {
                         return Poll::Pending;
                     };
-                    ready!(queue.sleep.as_mut().poll(cx));
-                    queue.core.counters.timed_out.fetch_add(1, Relaxed);
-                    trace::debug!("queue timeout elapsed");
-                    return Poll::Ready(Ok(Failure::TimedOut.response()));
+                    ready!(queue.poll_elapsed(cx));
+                    return Poll::Ready(Ok(queue.answer().response()));
                 }
             }
         }
@@ -172,18 +186,13 @@ impl<E> Future for ResponseFuture<E> {
             });
         }
         if let Some(queue) = timeout {
-            ready!(queue.sleep.as_mut().poll(cx));
+            ready!(queue.poll_elapsed(cx));
             // The reply is checked first: a request answered and timed out
             // in the same instant keeps its answer.
             if rx.withdraw() {
-                queue
-                    .core
-                    .counters
-                    .timed_out
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                trace::debug!("queue timeout elapsed");
+                let failure = queue.answer();
                 *state = State::Failed(None);
-                return Poll::Ready(Ok(Failure::TimedOut.response()));
+                return Poll::Ready(Ok(failure.response()));
             }
             // A worker started it: the queue timeout no longer applies.
             *timeout = None;

@@ -1,12 +1,15 @@
 //! The layer.
 
 use std::fmt;
+use std::hash::Hash;
 use std::time::Duration;
 
 use tower_layer::Layer;
 
-use crate::pool::Pool;
+use crate::jobs::JobError;
+use crate::pool::{Pool, Wait};
 use crate::stats::Stats;
+use crate::WorkerLocal;
 use crate::{Builder, ShutdownReport, ThreadAffinity, WorkerId};
 
 /// Wraps services so that they run on a pool of worker threads.
@@ -151,6 +154,72 @@ impl ThreadAffinityLayer {
         F: Fn(WorkerId) -> S + Send + Sync + 'static,
     {
         ThreadAffinity::with_factory(self.pool.clone(), factory)
+    }
+
+    /// A value per worker thread, that `factory` builds on each worker the
+    /// first time code there asks for it, reachable from any handler on
+    /// this pool's workers without `thread_local!`; see [`WorkerLocal`].
+    ///
+    /// ```
+    /// use tower_affinity::{ThreadAffinityLayer, WorkerId};
+    ///
+    /// let layer = ThreadAffinityLayer::new(2);
+    /// let db = layer.worker_local(|_worker: &WorkerId| {
+    ///     rusqlite::Connection::open_in_memory().unwrap() // one per worker thread
+    /// });
+    /// // Off the workers there is no value.
+    /// assert!(db.with(|db| db.is_autocommit()).is_none());
+    /// ```
+    pub fn worker_local<T, F>(&self, factory: F) -> WorkerLocal<T>
+    where
+        T: 'static,
+        F: Fn(&WorkerId) -> T + Send + Sync + 'static,
+    {
+        WorkerLocal::new(&self.pool, factory)
+    }
+
+    /// Runs `f` on the core worker that requests with affinity key `key`
+    /// go to, and returns its result; see [`jobs`](crate::jobs).
+    ///
+    /// `key` is hashed as [`affinity_key`](crate::Builder::affinity_key)
+    /// hashes the key its function returns, so pass a value of that type
+    /// (for [`affinity_header`](crate::Builder::affinity_header), the
+    /// header's bytes as a `&[u8]`). The job waits in that worker's queue,
+    /// ahead of its keyed requests, up to `queue_capacity` jobs (then
+    /// [`JobError::is_overloaded`]); `queue_timeout` bounds its wait before
+    /// it starts; a shutdown serves it if it was queued first.
+    pub async fn run_on_key<K, F, R>(&self, key: K, f: F) -> Result<R, JobError>
+    where
+        K: Hash,
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let index = self.pool.worker_for(&key);
+        let wait = Wait::ToStart(self.pool.config().queue_timeout);
+        self.pool.run_on(index, wait, f).await
+    }
+
+    /// Runs `f` once on each worker thread alive now, core and spare, on
+    /// that thread, and returns each result with its worker's id, in the
+    /// order of their indices; see [`jobs`](crate::jobs).
+    ///
+    /// A worker that has not finished its run within `wait` (stuck in user
+    /// code, or serving `max_streams_per_worker` streams) answers
+    /// [`JobError::is_timed_out`]: its run is withdrawn if it had not
+    /// started, and its result dropped if it had. A spare that starts after
+    /// the call does not run `f`; one that retires meanwhile answers
+    /// [`JobError::is_shut_down`]. Off a Tokio runtime there is no timer,
+    /// and the wait is unbounded.
+    pub async fn broadcast<F, R>(
+        &self,
+        wait: Duration,
+        f: F,
+    ) -> Vec<(WorkerId, Result<R, JobError>)>
+    where
+        F: Fn() -> R + Send + Sync + 'static,
+        R: Send + 'static,
+    {
+        self.pool.broadcast(wait, f).await
     }
 }
 

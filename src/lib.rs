@@ -145,7 +145,7 @@
 //!
 //! ```text
 //!  caller (any runtime thread)                 worker thread i of N
-//!  ThreadAffinity::call(req) ──▶ shared queue ──▶ event loop (current-thread runtime + LocalSet)
+//!  ThreadAffinity::call(req) ──▶ shared queue ──▶ event loop (a LocalSet, outside any block_on)
 //!                                (bounded)        takes a job while active < max_streams_per_worker
 //!                                                 svc_i.poll_ready, svc_i.call, poll future
 //!  ResponseFuture ◀──────── head (+ the whole body when it came in one frame)
@@ -168,7 +168,25 @@
 //! channel or a spawned task. A longer response streams through a bounded
 //! channel; while it waits for its reader, the worker serves its other
 //! requests. Tokio APIs (timers, channels, sockets) work inside handlers:
-//! each worker runs a runtime with its time and I/O drivers.
+//! each worker enters the handle of the pool's driver, a current-thread
+//! runtime whose own thread (`{prefix}-driver`) turns the timers and I/O,
+//! and where tasks from `tokio::spawn` run (they must not block);
+//! `spawn_local` tasks run on the worker. Since a worker polls user code
+//! outside any runtime's `block_on`, that code may build, block on and
+//! drop a runtime of its own, as under `spawn_blocking`: the sync
+//! `postgres` client, `reqwest::blocking`, `Handle::block_on`,
+//! `futures::executor::block_on`.
+//!
+//! Tasks that a handler spawns itself are not requests: the pool neither
+//! counts nor waits for them. `tokio::task::spawn_local` tasks run on the
+//! worker, between the requests' polls (a spare serving nothing else is
+//! idle, and retires after its keep-alive); a worker that ends (a spare
+//! retiring, a shutdown) drops them unfinished, on its thread, before its
+//! [`on_thread_stop`](Builder::on_thread_stop) hook. `tokio::spawn` tasks
+//! run on the driver's thread, until the pool is gone: they must not
+//! block, since every worker's timers share that thread. Work that must
+//! outlive the pool belongs on a runtime of its own (a `Handle` taken
+//! outside).
 //!
 //! A worker blocked in user code cannot be preempted: interleaving only
 //! happens between frames and between awaits. A handler that blocks for a
@@ -188,6 +206,13 @@
 //! connection, an `Rc<RefCell<_>>` cache, an FFI handle. The worker's
 //! [`WorkerId`] is passed to the factory and put in each request's
 //! extensions.
+//!
+//! [`ThreadAffinityLayer::worker_local`] gives a [`WorkerLocal`]: a value
+//! per worker thread built there by a factory, reachable from any handler
+//! on the pool's workers (ordinary axum handlers under `router.layer(layer)`
+//! included) without `thread_local!`. [`jobs`] runs closures on a key's
+//! worker ([`ThreadAffinityLayer::run_on_key`]) and on every worker
+//! ([`ThreadAffinityLayer::broadcast`]), outside HTTP.
 //!
 //! # Choosing buffer sizes
 //!
@@ -242,8 +267,8 @@
 //! known yet): a keyed request is bounded by its worker's own queue, and an
 //! unkeyed one waits for its place in its response future.
 //! [`queue_timeout`](Builder::queue_timeout) answers `503` to a request that
-//! waited too long, timed by the caller so that it holds while every worker
-//! is stuck, and
+//! waited too long (for a place in the queue, then in it), timed by the
+//! caller so that it holds while every worker is stuck, and
 //! [`response_deadline`](Builder::response_deadline) ends streams that run
 //! too long. [`ThreadAffinityLayer::stats`] shows each worker's queue,
 //! load, and how long its current poll has run. Slow uploads can be read
@@ -256,6 +281,14 @@
 //! [`ThreadAffinityBody`] cancels the request: the worker notices while the
 //! inner future or body is pending (not only at the next frame), stops
 //! polling, and drops them on its own thread.
+//!
+//! Blocking code that runs long (a loop over many rows, a call it
+//! retries) can see the cut too: [`cancel::Cancellation::current`], called
+//! from the handler on its worker, gives a handle to check
+//! (`is_cancelled`), await (`cancelled`) or wait on (`wait_timeout`). It is
+//! set the moment the caller drops the future or body, even while the
+//! worker is blocked in the handler, and when the response deadline or a
+//! shutdown's timeout cuts the request.
 //!
 //! # Panics
 //!
@@ -365,9 +398,11 @@
 pub mod blocking;
 mod body;
 mod builder;
+pub mod cancel;
 mod channel;
 pub mod error;
 pub mod future;
+pub mod jobs;
 mod layer;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
@@ -383,6 +418,7 @@ pub mod stats;
 mod tonic;
 mod trace;
 mod worker_id;
+pub mod worker_local;
 
 pub use self::body::ThreadAffinityBody;
 pub use self::builder::{Builder, Overload};
@@ -391,6 +427,7 @@ pub use self::layer::ThreadAffinityLayer;
 pub use self::service::ThreadAffinity;
 pub use self::shutdown::ShutdownReport;
 pub use self::worker_id::WorkerId;
+pub use self::worker_local::WorkerLocal;
 /// Tower's `Layer` trait, re-exported so that `layer.layer(svc)` and
 /// `ServiceBuilder::layer` work without a direct dependency on `tower-layer`.
 pub use tower_layer::Layer;

@@ -28,7 +28,7 @@
 //! | `tower_affinity_rejected_total` | counter | `pool` | requests answered `503` at once (queue full, shut down) |
 //! | `tower_affinity_timed_out_total` | counter | `pool` | requests answered `503` after the queue timeout |
 //! | `tower_affinity_spares_started_total` | counter | `pool` | spare workers started |
-//! | `tower_affinity_spares_retired_total` | counter | `pool` | spare workers retired after their keep-alive |
+//! | `tower_affinity_spares_retired_total` | counter | `pool` | spare workers ended: retired after their keep-alive, or (rarely) died or failed to start |
 //! | `tower_affinity_stalls_total` | counter | `pool` | looks of the spare supervisor that found work waiting and a worker stuck in a poll |
 //! | `tower_affinity_spawn_failures_total` | counter | `pool` | threads the operating system refused to start |
 //! | `tower_affinity_worker_queued` | gauge | `pool`, `worker` | keyed requests waiting in the worker's own queue |
@@ -157,7 +157,7 @@ const POOL: &[Figure<Stats>] = &[
     ),
     counter(
         "tower_affinity_spares_retired_total",
-        "Spare workers retired after their keep-alive.",
+        "Spare workers ended: retired after their keep-alive, or died or failed to start.",
         Stats::spares_retired,
     ),
     counter(

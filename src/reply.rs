@@ -28,6 +28,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
+use crate::cancel::{Signal, Watch};
 use crate::channel::set_waker;
 
 /// Creates a slot for one request with no payload (the unit tests' form).
@@ -55,6 +56,9 @@ struct State<T, J> {
     /// The worker dropped its end without sending: its thread died, or the
     /// job was dropped unanswered.
     worker_gone: bool,
+    /// The request's cancellation, once its handler asked for it: fired
+    /// when the caller goes before the worker has answered.
+    cancel: Option<Arc<Signal>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -76,6 +80,7 @@ impl<T, J> Slot<T, J> {
                 worker: None,
                 caller_gone: false,
                 worker_gone: false,
+                cancel: None,
             }),
         })
     }
@@ -262,14 +267,36 @@ impl<T: Send, J: Send> CallerEnd<T> for Slot<T, J> {
         let mut state = self.lock();
         state.caller_gone = true;
         let worker = state.worker.take();
+        // After the answer, a streamed body's channel has the signal.
+        let cancel = state.cancel.take().filter(|_| !state.worker_gone);
         // A reply already sent is dropped here, on the caller's side: it is a
         // head and frames, nothing of the inner service's.
         let reply = state.reply.take();
         drop(state);
+        if let Some(cancel) = cancel {
+            cancel.fire();
+        }
         drop(reply);
         if let Some(worker) = worker {
             worker.wake();
         }
+    }
+}
+
+impl<T: Send, J: Send> Watch for Slot<T, J> {
+    fn signal(&self, make: &mut dyn FnMut() -> Arc<Signal>) -> Arc<Signal> {
+        let mut state = self.lock();
+        let signal = state.cancel.get_or_insert_with(make).clone();
+        let gone = state.caller_gone && !state.worker_gone;
+        drop(state);
+        if gone {
+            signal.fire();
+        }
+        signal
+    }
+
+    fn existing(&self) -> Option<Arc<Signal>> {
+        self.lock().cancel.clone()
     }
 }
 

@@ -47,6 +47,10 @@ pub struct ThreadAffinity<S> {
     admission: PollSemaphore,
     // A place in the queue, taken by `poll_ready` for the next `call`.
     permit: Option<OwnedSemaphorePermit>,
+    // The queue timeout of the next `call`, started by a `poll_ready` that
+    // had to wait for a place: it bounds that wait too, and goes on in the
+    // response future, so that it bounds the whole wait before a start.
+    waited: Option<QueueTimeout>,
 }
 
 /// Builds a worker's instance of the inner service, on that worker.
@@ -105,6 +109,7 @@ impl<S> ThreadAffinity<S> {
         Self {
             admission: PollSemaphore::new(pool.admission()),
             permit: None,
+            waited: None,
             shared: Arc::new(Wrapped {
                 id: pool.next_service_id(),
                 factory: Box::new(factory),
@@ -122,10 +127,14 @@ impl<S> ThreadAffinity<S> {
         };
         // An unkeyed request may go to any worker: only a single-worker
         // pool is sure to need the caller itself.
-        let target = match (worker, pool.config().workers) {
-            (Some(index), _) => index,
-            (None, 1) => 0,
-            (None, _) => return false,
+        // Unkeyed, only a pool of one thread, spares included, has no
+        // other to serve the call: with spares allowed, the calling worker
+        // blocks waiting for the answer, and a spare starts for it.
+        let config = pool.config();
+        let target = match (worker, config.workers, config.max_workers) {
+            (Some(index), _, _) => index,
+            (None, 1, 1) => 0,
+            (None, _, _) => return false,
         };
         me.is(pool.id(), target)
     }
@@ -140,6 +149,7 @@ impl<S> Clone for ThreadAffinity<S> {
             pool: self.pool.clone(),
             admission: self.admission.clone(),
             permit: None,
+            waited: None,
         }
     }
 }
@@ -161,7 +171,10 @@ where
     /// default) it is `Pending` while the queue is full; under
     /// [`Overload::Reject`] it is always ready, and `call` answers `503`
     /// when the queue is full. Never fails: after shutdown it is ready, and
-    /// `call` answers `503`.
+    /// `call` answers `503`. With a
+    /// [`queue_timeout`](crate::Builder::queue_timeout), it is ready once
+    /// the timeout has passed without a place, and `call` answers `503`;
+    /// the timeout so bounds this wait and the wait in the queue together.
     ///
     /// With affinity keys configured it reserves nothing and is always
     /// ready, since the request's key is not known yet: a keyed request
@@ -182,8 +195,25 @@ where
         // for (or hold) a place in the shared one. `call` admits the others.
         let keyed_pool = self.pool.config().affinity_key.is_some();
         if self.permit.is_none() && !keyed_pool && self.pool.config().overload == Overload::Wait {
-            // `None` means the pool shut down: `call` will say so.
-            self.permit = ready!(self.admission.poll_acquire(cx));
+            if let Poll::Ready(permit) = self.admission.poll_acquire(cx) {
+                // `None` means the pool shut down: `call` will say so.
+                self.permit = permit;
+                return Poll::Ready(Ok(()));
+            }
+            // Places are freed only as workers take jobs: with every worker
+            // stuck, none is (withdrawn jobs keep theirs, so that a stuck
+            // pool shows as a full queue). So the queue timeout bounds this
+            // wait too: past it, `call` answers `503`.
+            if self.waited.is_none() {
+                self.waited = QueueTimeout::start(self.pool.core());
+            }
+            let Some(waited) = &mut self.waited else {
+                return Poll::Pending;
+            };
+            ready!(waited.poll_elapsed(cx));
+            // Out of the semaphore's line: a place given to a handle that
+            // waits no more would stay with it, unused.
+            self.admission = PollSemaphore::new(self.pool.admission());
         }
         Poll::Ready(Ok(()))
     }
@@ -191,6 +221,12 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         // Taken first: a refused call must give its place back.
         let permit = self.permit.take();
+        let waited = self.waited.take();
+        if let Some(waited) = waited.as_ref().filter(|_| permit.is_none()) {
+            if waited.is_elapsed() {
+                return ResponseFuture::failed(waited.answer());
+            }
+        }
         let pool = &self.pool;
         let (request, worker) = pool.route(request);
         if self.is_calling_thread(worker) {
@@ -209,7 +245,7 @@ where
                 Err(TryAcquireError::NoPermits) => {
                     // The shared queue is full: the response future waits
                     // for a place, as `poll_ready` would have.
-                    let timeout = QueueTimeout::start(pool.core());
+                    let timeout = waited.or_else(|| QueueTimeout::start(pool.core()));
                     return ResponseFuture::admitting(Admit::new(job, pool.clone()), rx, timeout);
                 }
             },
@@ -220,7 +256,8 @@ where
         match pool.submit(job, permit, worker) {
             Ok(()) => {
                 trace::debug!(?worker, "enqueued");
-                ResponseFuture::waiting(rx, QueueTimeout::start(pool.core()))
+                let timeout = waited.or_else(|| QueueTimeout::start(pool.core()));
+                ResponseFuture::waiting(rx, timeout)
             }
             Err(failure) => {
                 trace::debug!(?failure, "rejected");

@@ -5,8 +5,10 @@
 //! backpressure (`ConcurrencyLimit` inside the layer, its permits shared by
 //! the workers). Beside it, on a pool of one stuck worker, handlers that
 //! block past `queue_timeout` while requests queue behind them: those are
-//! withdrawn by their callers and must never run. Bounded in count and
-//! time; it stops by itself.
+//! withdrawn by their callers and must never run; and on an elastic pool,
+//! handlers that hang past their spares' keep-alive and streams whose
+//! readers stop, beside quick requests (`chaos/elastic.rs`). Bounded in
+//! count and time; it stops by itself.
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -34,6 +36,8 @@ use tower_affinity::blocking::{self, BodyReader};
 use tower_affinity::{Layer, ThreadAffinityLayer, WorkerId};
 
 mod common;
+#[path = "chaos/elastic.rs"]
+mod elastic;
 
 /// The server loop (HTTP/1.1 and HTTP/2, graceful shutdown) of the
 /// `hyper_server` example.
@@ -382,6 +386,7 @@ async fn soak() {
         limited(app, permits.clone())
     });
     let (stuck_layer, stuck, gates) = stuck_pool();
+    let (elastic_layer, elastic, elastic_gates) = elastic::pool();
     let router = tower::service_fn(move |request: Request<Incoming>| {
         let path = request.uri().path();
         let answer: Pin<Box<dyn std::future::Future<Output = _> + Send>> =
@@ -389,6 +394,8 @@ async fn soak() {
                 Box::pin(backpressured.clone().oneshot(request))
             } else if path.starts_with("/stuck/") {
                 Box::pin(stuck.clone().oneshot(request))
+            } else if path.starts_with("/elastic/") {
+                Box::pin(elastic.clone().oneshot(request))
             } else {
                 Box::pin(service.clone().oneshot(request))
             };
@@ -415,6 +422,10 @@ async fn soak() {
     let mut clients = tokio::task::JoinSet::new();
     let stuck_client = client.clone();
     let stuck_rounds = tokio::spawn(async move { run_stuck(&stuck_client, addr, gates).await });
+    let elastic_rounds = tokio::spawn({
+        let (client, layer) = (client.clone(), elastic_layer.clone());
+        async move { elastic::run(&client, addr, &layer, elastic_gates).await }
+    });
     for c in 0..CLIENTS {
         let (client, outcomes) = (client.clone(), outcomes.clone());
         let (done, rss_half) = (done.clone(), rss_half.clone());
@@ -434,6 +445,7 @@ async fn soak() {
     }
     let rss_end = rss();
     let (queued_ran, holds_timed_out) = stuck_rounds.await.unwrap();
+    elastic_rounds.await.unwrap();
 
     drop(client);
     stop.send(()).unwrap();
@@ -446,6 +458,9 @@ async fn soak() {
     stuck_layer.shutdown().await;
     let stuck_stats = stuck_layer.stats();
     drop(stuck_layer);
+    elastic_layer.shutdown().await;
+    let elastic_stats = elastic_layer.stats();
+    drop(elastic_layer);
 
     // Exactly one outcome per request, the right one for its kind.
     let outcomes = outcomes.lock().unwrap();
@@ -496,6 +511,25 @@ async fn soak() {
     assert_eq!(stuck_worker.active(), 0, "{stuck_stats:?}");
     // Withdrawn jobs are dropped unstarted: only the stuck handlers ran.
     assert_eq!(stuck_worker.completed(), STUCK_ROUNDS, "{stuck_stats:?}");
+
+    // The elastic pool grew for each hang, again once its spares had
+    // retired while the hang went on, and went back to its core worker.
+    assert!(
+        elastic_stats.spares_started() >= 2 * elastic::ROUNDS,
+        "{elastic_stats:?}"
+    );
+    assert_eq!(
+        elastic_stats.spares_retired(),
+        elastic_stats.spares_started(),
+        "{elastic_stats:?}"
+    );
+    assert!(
+        elastic_stats
+            .workers()
+            .iter()
+            .all(|w| w.replaced() == 0 && w.panicked() == 0 && w.active() == 0),
+        "{elastic_stats:?}"
+    );
 
     // Everything made was dropped, on its own thread: two services per core
     // worker, and one or two per spare that served.

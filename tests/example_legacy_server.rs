@@ -52,11 +52,7 @@ async fn seeded() -> i64 {
 
 /// The example's layer, configured as its `main` does.
 fn layer() -> ThreadAffinityLayer {
-    ThreadAffinityLayer::builder()
-        .workers(4)
-        .thread_name(PREFIX)
-        .affinity_header(http::HeaderName::from_static("x-session"))
-        .build()
+    legacy_server::layer()
 }
 
 fn is_worker(name: &str) -> bool {

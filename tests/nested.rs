@@ -167,6 +167,30 @@ async fn any_nested_call_in_a_single_worker_pool_gets_500() {
     assert_eq!(body_of(send(&mut echo, get("/echo")).await).await, "0");
 }
 
+/// With one core worker and spares allowed, an unkeyed nested call from
+/// the worker is served by a spare (the worker blocks waiting for it); a
+/// keyed one still gets `500`, since keys go to core workers only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unkeyed_nested_call_in_a_one_worker_pool_with_spares_is_served_by_a_spare() {
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(2)
+        .affinity_header(KEY)
+        .build();
+    let echo = layer.layer(service_fn(echo_worker));
+    let outer = {
+        let mut echo = echo.clone();
+        service_fn(move |_request: Request<()>| {
+            let (unkeyed, on) = call_blocking(&mut echo, get("/echo"));
+            let (keyed, _) = call_blocking(&mut echo, keyed("any"));
+            Response::new(format!("{} {on} {}", unkeyed.as_u16(), keyed.as_u16()))
+        })
+    };
+    let mut outer = layer.layer(outer);
+    let report = body_of(send(&mut outer, get("/outer")).await).await;
+    assert_eq!(report, "200 1 500");
+}
+
 /// A nested call refused with `500` does not keep a place in the queue:
 /// after it, the whole `queue_capacity` is free again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

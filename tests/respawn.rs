@@ -143,7 +143,7 @@ async fn call(svc: &ThreadAffinity<Inner>, path: &str, key: Option<&str>) -> (St
     (status, String::from_utf8(body.to_vec()).unwrap())
 }
 
-/// A worker whose replacement cannot build its runtime is retried with a
+/// A worker whose replacement cannot start is retried with a
 /// backoff, then given up after 5 failures in a row; its keys then go to
 /// the live worker instead of `503` forever.
 #[tokio::test]
@@ -152,8 +152,8 @@ async fn a_worker_that_cannot_restart_is_given_up_and_its_keys_move() {
         .workers(2)
         .max_workers(2)
         .affinity_header(HeaderName::from_static("x-key"))
-        // The two first runtimes build; every later one fails.
-        .fail_runtimes_after(2)
+        // The two first workers start; every later start fails.
+        .fail_starts_after(2)
         .build();
     let svc = service(&layer, false);
     let mut key0 = None;
@@ -263,8 +263,8 @@ async fn a_request_with_every_worker_given_up_gets_503() {
         .workers(1)
         .max_workers(1)
         .affinity_header(HeaderName::from_static("x-key"))
-        // The first runtime builds; every later one fails.
-        .fail_runtimes_after(1)
+        // The first worker starts; every later start fails.
+        .fail_starts_after(1)
         .build();
     let svc = service(&layer, false);
     let (status, _) = call(&svc, "/die", Some("k")).await;

@@ -1,5 +1,6 @@
-//! Tokio works inside handlers on the workers: each worker runs a runtime
-//! with its time and I/O drivers.
+//! Tokio works inside handlers on the workers: each worker enters the
+//! handle of the pool's driver runtime, whose thread turns the time and I/O
+//! drivers.
 
 mod common;
 

@@ -120,19 +120,48 @@ pub fn ratio(x: f64) -> String {
 /// no `/proc`. Threads that have exited no longer count: take differences
 /// over a span in which the pools' threads stay alive.
 pub fn context_switches() -> u64 {
+    per_thread("status", |status| {
+        status
+            .lines()
+            .filter(|line| line.contains("ctxt_switches:"))
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum()
+    })
+}
+
+/// Voluntary context switches alone (a thread that parked, waiting for a
+/// wake-up), counted as [`context_switches`] counts.
+pub fn voluntary_switches() -> u64 {
+    per_thread("status", |status| {
+        status
+            .lines()
+            .filter(|line| line.starts_with("voluntary_ctxt_switches:"))
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum()
+    })
+}
+
+/// Nanoseconds on a CPU of every live thread of this process so far, from
+/// `/proc/self/task/*/schedstat`: what a transfer burns, which on a loaded
+/// machine says more than its wall time.
+pub fn cpu_nanos() -> u64 {
+    per_thread("schedstat", |stat| {
+        stat.split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse().ok())
+            .unwrap_or(0)
+    })
+}
+
+/// The sum of `read` over file `name` of every live thread of this process.
+fn per_thread(name: &str, read: impl Fn(&str) -> u64) -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0;
     };
     tasks
         .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
-        .flat_map(|status| {
-            status
-                .lines()
-                .filter(|line| line.contains("ctxt_switches:"))
-                .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
-        })
+        .filter_map(|task| std::fs::read_to_string(task.path().join(name)).ok())
+        .map(|text| read(&text))
         .sum()
 }
 

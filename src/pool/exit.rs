@@ -48,7 +48,7 @@ pub(crate) enum End {
     Retired,
     /// A panic escaped the shields.
     Died,
-    /// The thread could not build its runtime.
+    /// The thread could not start (the test seam).
     FailedStart(io::Error),
 }
 
@@ -115,11 +115,18 @@ impl Drop for Exit {
         counters.tid.store(0, Relaxed);
         let end = std::mem::replace(&mut self.end, End::Finished);
         if index >= core.config.workers {
+            if let End::FailedStart(error) = &end {
+                // The next spare would fail as this one did: lower the
+                // ceiling to the threads left, as for a refused thread,
+                // rather than start (and lose) one at every look.
+                core.spares
+                    .refused(core.counters.running().saturating_sub(1), error);
+            }
+            // Counted however it ended, or the spares running
+            // (`Spares::running`) would drift up with every spare lost.
+            core.spares.ended(index, matches!(end, End::Retired));
             // Marked gone before the slot is freed: the next spare in this
             // slot marks it alive again, and must not be overwritten.
-            if matches!(end, End::Retired) {
-                core.spares.retiring(index);
-            }
             self.gone();
             core.spares.exited(index);
             return;

@@ -59,6 +59,25 @@ pub(crate) trait Source {
     fn more_shared(&self) -> bool;
 }
 
+/// Whom [`Idle::wake_any`] woke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Woken {
+    /// No worker waits.
+    Nobody,
+    /// A waiting worker that was not inside a poll of user code.
+    Free,
+    /// A waiting worker inside a poll of user code, which may block.
+    Busy,
+}
+
+#[cfg(any(test, tower_affinity_loom))]
+impl Woken {
+    /// Whether a worker was woken for the job.
+    pub(crate) fn any(self) -> bool {
+        self != Self::Nobody
+    }
+}
+
 /// What [`Idle::take`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Taken<J> {
@@ -124,8 +143,25 @@ impl Idle {
     }
 
     /// Whether any worker waits.
+    #[cfg(test)]
     pub(crate) fn anyone_waiting(&self) -> bool {
         self.bits.iter().any(|word| word.load(SeqCst) != 0)
+    }
+
+    /// Whether a worker waits that is not `busy`: registered, then inside
+    /// a poll of user code in the same turn of its loop, a worker is not
+    /// free, though its bit is set.
+    pub(crate) fn anyone_free(&self, busy: impl Fn(usize) -> bool) -> bool {
+        self.bits.iter().enumerate().any(|(w, word)| {
+            let mut set = word.load(SeqCst);
+            while set != 0 {
+                if !busy(w * 64 + set.trailing_zeros() as usize) {
+                    return true;
+                }
+                set &= set - 1;
+            }
+            false
+        })
     }
 
     /// Slot `index` leaves the idle set; `true` if it was there and no
@@ -199,23 +235,38 @@ impl Idle {
     }
 
     /// Wakes one waiting worker for a job in the shared queue, preferring
-    /// one for which `busy` is false; `false` if none waits.
-    pub(crate) fn wake_any(&self, busy: impl Fn(usize) -> bool) -> bool {
+    /// one for which `busy` is false, in any word of the idle set, before a
+    /// busy one. A busy one is woken only when no free one waits: its loop
+    /// will take the job once its poll of user code ends, but that poll may
+    /// block, so the submitter must also tell the spares (see
+    /// `Pool::submit`).
+    pub(crate) fn wake_any(&self, busy: impl Fn(usize) -> bool) -> Woken {
         fence(SeqCst);
+        if self.claim(|w, set| {
+            let mut free = set;
+            while free != 0 && busy(w * 64 + free.trailing_zeros() as usize) {
+                free &= free - 1;
+            }
+            free
+        }) {
+            return Woken::Free;
+        }
+        if self.claim(|_, set| set) {
+            return Woken::Busy;
+        }
+        Woken::Nobody
+    }
+
+    /// Claims and wakes the lowest waiting worker among those `pick` keeps
+    /// of each word's set bits; `false` if it kept none.
+    fn claim(&self, pick: impl Fn(usize, u64) -> u64) -> bool {
         for (w, word) in self.bits.iter().enumerate() {
             loop {
-                let set = word.load(SeqCst);
-                if set == 0 {
+                let picked = pick(w, word.load(SeqCst));
+                if picked == 0 {
                     break;
                 }
-                // The lowest waiting worker that is not busy, else the
-                // lowest waiting one: only busy ones cost a look each.
-                let mut free = set;
-                while free != 0 && busy(w * 64 + free.trailing_zeros() as usize) {
-                    free &= free - 1;
-                }
-                let pick = if free != 0 { free } else { set };
-                let bit = pick & pick.wrapping_neg();
+                let bit = picked & picked.wrapping_neg();
                 // Claim it; another submitter may have been first.
                 if word.fetch_and(!bit, SeqCst) & bit != 0 {
                     self.wake_slot(w * 64 + bit.trailing_zeros() as usize);
@@ -248,7 +299,7 @@ mod tests {
     use std::sync::Arc;
     use std::task::{Wake, Waker};
 
-    use super::{Idle, Source, Taken};
+    use super::{Idle, Source, Taken, Woken};
 
     /// Queues with nothing in them.
     struct Empty;
@@ -357,13 +408,16 @@ mod tests {
     }
 
     /// An unkeyed job wakes a waiting worker that is not busy in user code
-    /// before a lower one that is, in each word of the idle set.
+    /// before a lower one that is, in the same word of the idle set or in
+    /// another (with over 64 workers, a busy worker in the first word was
+    /// claimed while a free one waited in the second).
     #[test]
     fn a_job_wakes_a_waiting_worker_that_is_not_busy() {
-        for (busy, free) in [(0, 1), (64, 65), (65, 64)] {
+        for (busy, free) in [(0, 1), (64, 65), (65, 64), (3, 70)] {
             let idle = Idle::new(130);
             let flags = waiting(&idle, &[busy, free]);
-            assert!(idle.wake_any(|index| index == busy));
+            assert!(idle.anyone_free(|index| index == busy));
+            assert_eq!(idle.wake_any(|index| index == busy), Woken::Free);
             assert!(!flags[0].0.load(SeqCst), "woke busy worker {busy}");
             assert!(flags[1].0.load(SeqCst), "worker {free} not woken");
             assert!(idle.is_waiting(busy) && !idle.is_waiting(free));
@@ -375,12 +429,13 @@ mod tests {
     fn with_every_waiting_worker_busy_the_lowest_is_woken() {
         let idle = Idle::new(130);
         let flags = waiting(&idle, &[66, 65]);
-        assert!(idle.wake_any(|_| true));
+        assert!(!idle.anyone_free(|_| true));
+        assert_eq!(idle.wake_any(|_| true), Woken::Busy);
         assert!(flags[1].0.load(SeqCst) && !flags[0].0.load(SeqCst));
         assert!(idle.anyone_waiting());
-        assert!(idle.wake_any(|_| true));
+        assert_eq!(idle.wake_any(|_| true), Woken::Busy);
         assert!(flags[0].0.load(SeqCst));
         assert!(!idle.anyone_waiting());
-        assert!(!idle.wake_any(|_| true), "nobody waits");
+        assert_eq!(idle.wake_any(|_| true), Woken::Nobody, "nobody waits");
     }
 }

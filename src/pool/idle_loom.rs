@@ -244,7 +244,7 @@ fn loom_a_claimed_spare_does_not_retire() {
             let (idle, shared) = (idle.clone(), queues.shared.clone());
             thread::spawn(move || {
                 shared.push();
-                idle.wake_any(|_| false)
+                idle.wake_any(|_| false).any()
             })
         };
         let retired = idle.leave(0);
@@ -270,7 +270,7 @@ fn loom_two_jobs_wake_two_workers() {
                 let (idle, shared) = (idle.clone(), shared.clone());
                 thread::spawn(move || {
                     shared.push();
-                    idle.wake_any(|_| false)
+                    idle.wake_any(|_| false).any()
                 })
             })
             .collect();

@@ -67,6 +67,12 @@ impl Lifecycle {
         self.phase.send_replace(Phase::Aborting);
     }
 
+    /// Resolves once shutdown aborts (a `Cancellation` waits on it).
+    pub(crate) async fn aborted(&self) {
+        let mut phase = self.phase.subscribe();
+        let _ = phase.wait_for(|phase| *phase == Phase::Aborting).await;
+    }
+
     /// Whether shutdown is aborting: one atomic load.
     pub(crate) fn is_aborting(&self) -> bool {
         self.aborting.load(SeqCst)

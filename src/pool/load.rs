@@ -46,6 +46,12 @@ impl Load {
         Active(self.clone())
     }
 
+    /// Wakes `waker` when the next request ends (the event loop's, which
+    /// `below` also stores: one waiter).
+    pub(crate) fn wake_on_exit(&self, waker: &std::task::Waker) {
+        self.waiter.set(Some(waker.clone()));
+    }
+
     /// Resolves once fewer than `max` requests are active.
     pub(crate) fn below(&self, max: usize) -> impl Future<Output = ()> + '_ {
         poll_fn(move |cx| {

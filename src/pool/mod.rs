@@ -30,11 +30,15 @@
 
 mod config;
 mod drain;
+mod driver;
+mod errand;
 mod exit;
 mod idle;
+mod inbox;
 mod job;
 mod lifecycle;
 mod load;
+mod park;
 pub(crate) mod probe;
 mod pump;
 mod queues;
@@ -60,12 +64,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub(crate) use self::task::Call;
 
+use self::idle::Woken;
 use self::spare::Spares;
 use self::worker::Queues;
 use crate::error::Failure;
 use crate::stats::Stats;
 
 pub(crate) use self::config::Config;
+pub(crate) use self::errand::Wait;
 pub(crate) use self::job::{Envelope, Job, JobHandle};
 pub(crate) use self::shared::Core;
 
@@ -96,21 +102,24 @@ impl Pool {
     /// Starts `config.workers` threads (and the spares' supervisor, when
     /// the pool may grow); on failure, the threads already started end.
     pub(crate) fn launch(config: Config) -> io::Result<Self> {
-        let (shared, shared_rx) = async_channel::bounded(config.queue_capacity);
-        let core = Arc::new(Core::new(config));
+        let (shared, shared_rx) = queues::queue(config.queue_capacity);
+        let core = Arc::new(Core::new(config)?);
         // A worker's own queue only ever holds keyed requests: without a key
         // function it stays empty, and a bounded queue allocates its room
-        // up front (about 56 bytes a place).
+        // up front.
         let own_capacity = match core.config.affinity_key {
             Some(_) => core.config.queue_capacity,
             None => 1,
         };
         let (own, own_rx): (Vec<_>, Vec<_>) = (0..core.config.workers)
-            .map(|_| async_channel::bounded(own_capacity))
+            .map(|_| queues::queue(own_capacity))
             .unzip();
         let queues: Vec<Queues> = own_rx
             .into_iter()
-            .map(|rx| Queues::core(rx, shared_rx.clone()))
+            .enumerate()
+            .map(|(index, rx)| {
+                Queues::core(rx, shared_rx.clone()).with_inbox(core.inboxes.receiver(index))
+            })
             .collect();
         // Made before the threads: if one fails to start, dropping this
         // closes the queues, and the threads already started end.
@@ -198,6 +207,12 @@ impl Pool {
     ) -> Result<(), Failure> {
         let counters = &self.inner.core.counters;
         let (queue, permit) = match worker {
+            // A huge own queue is an unbounded channel (see `queues::queue`),
+            // bounded here: callers racing here may each add one past it.
+            Some(index) if self.unbounded_queue_full(&self.inner.own[index]) => {
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                return Err(Failure::Overloaded);
+            }
             Some(index) => (&self.inner.own[index], None),
             None => {
                 let permit = permit.or_else(|| self.admission().try_acquire_owned().ok());
@@ -238,17 +253,15 @@ impl Pool {
                             }
                         }
                     }
-                    None => {
-                        let woken = core.idle.wake_any(|i| counters.worker(i).is_polling());
-                        if !woken {
-                            if core.all_given_up() {
-                                self.reject_stranded(self.inner.shared_queue());
-                            } else {
-                                // Every worker is busy: maybe blocked.
-                                core.spares.nudge();
-                            }
+                    None => match core.idle.wake_any(|i| counters.worker(i).is_polling()) {
+                        Woken::Free => {}
+                        Woken::Nobody if core.all_given_up() => {
+                            self.reject_stranded(self.inner.shared_queue());
                         }
-                    }
+                        // Every worker is busy, or the one woken is inside
+                        // a poll of user code: maybe blocked there.
+                        Woken::Nobody | Woken::Busy => core.spares.nudge(),
+                    },
                 }
                 Ok(())
             }
@@ -260,6 +273,14 @@ impl Pool {
                 })
             }
         }
+    }
+
+    /// Whether `queue`, a channel without a bound of its own, holds
+    /// `queue_capacity` jobs; `false` once closed, which `try_send` tells.
+    fn unbounded_queue_full(&self, queue: &Sender<Envelope>) -> bool {
+        queue.capacity().is_none()
+            && !queue.is_closed()
+            && queue.len() >= self.config().queue_capacity
     }
 
     /// Answers what waits in a queue no worker will take from again; the

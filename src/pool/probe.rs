@@ -36,11 +36,21 @@ fn state(tid: u64) -> Option<char> {
     if tid == 0 {
         return None;
     }
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
-    // The command name (in parentheses) may hold spaces and parentheses:
-    // the state follows the last `)`.
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.trim_start().chars().next()
+    // Bytes, not text: Linux keeps 15 bytes of a thread's name, and cuts
+    // `datenbank-größe-0` inside `ß`. Read as UTF-8, such a file failed,
+    // and the probe fell back to the blind rule for every thread so named.
+    let stat = std::fs::read(format!("/proc/self/task/{tid}/stat")).ok()?;
+    state_letter(&stat)
+}
+
+/// The state letter in the text of a `stat` file. The command name (in
+/// parentheses) may hold spaces, parentheses and any bytes: the state
+/// follows the last `)`.
+fn state_letter(stat: &[u8]) -> Option<char> {
+    let name_end = stat.iter().rposition(|&byte| byte == b')')?;
+    let rest = &stat[name_end + 1..];
+    let letter = rest.iter().find(|byte| !byte.is_ascii_whitespace())?;
+    Some(char::from(*letter))
 }
 
 /// Whether thread `tid`, inside a poll of user code for `polling`, is
@@ -58,6 +68,17 @@ pub(crate) fn blocked(tid: u64, polling: Option<Duration>) -> bool {
 #[cfg(all(test, target_os = "linux", not(tower_affinity_loom)))]
 mod tests {
     use super::*;
+
+    /// The state is found after the last `)`, in a name that holds
+    /// parentheses, spaces and a character cut in half.
+    #[test]
+    fn reads_the_state_after_a_name_cut_inside_a_character() {
+        let mut stat = b"4242 (datenbank-gr\xc3\xb6\xc3) x) S 1 2 3".to_vec();
+        assert!(std::str::from_utf8(&stat).is_err());
+        assert_eq!(state_letter(&stat), Some('S'));
+        stat.truncate(stat.len() - 7);
+        assert_eq!(state_letter(&stat), None, "nothing after the name");
+    }
 
     /// A sleeping thread reads as blocked, a spinning one does not.
     #[test]

@@ -6,15 +6,21 @@
 //! the inner body is pending, for the reader to go. While the reader is
 //! behind, small data frames merge into the last one waiting (see
 //! [`Msg::merge`]), so a body of many small items costs a few large frames.
+//!
+//! A stream that never has to wait yields to its worker's other tasks at
+//! the end of each turn: 16 frames queued, 1,024 polls, or 250 µs, whichever
+//! comes first, so that another request on the worker waits about one
+//! frame's time, not a thousand slow items' (guarantee 4).
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::task::Poll;
+use std::time::{Duration, Instant as Clock};
 
 use http_body::Body;
 use tokio::time::Instant;
 
-use super::unwind::Guarded;
+use super::unwind::{drop_guarded, Guarded};
 use super::worker::Active;
 use crate::body::{FrameSender, Msg};
 use crate::error::{BoxError, Elapsed};
@@ -29,6 +35,13 @@ const FRAMES_PER_TURN: usize = 16;
 /// items yields per this many items, not per item (a yield costs the
 /// worker a turn of its event loop).
 const POLLS_PER_TURN: usize = 1024;
+
+/// How long a stream's turn may run before it yields, whatever the counts:
+/// a body of slow items (a cursor whose rows take a millisecond each) that
+/// merge while the reader is behind would otherwise hold its worker for
+/// up to `POLLS_PER_TURN` of them. A turn ends after the poll that passes
+/// it, so another request waits at most this plus one frame's time.
+const TIME_PER_TURN: Duration = Duration::from_micros(250);
 
 /// How one streamed response is pumped.
 #[derive(Clone, Copy)]
@@ -52,7 +65,7 @@ pub(super) async fn stream_body<B>(
     // Yield once before producing more: the head and first frame are out,
     // and the worker's event loop and other streams get their turn before
     // this one fills its buffer.
-    tokio::task::yield_now().await;
+    super::park::yield_now().await;
     match pump(body.as_mut(), &tx, stream, &active).await {
         Pumped::Done => trace::debug!("ended"),
         // The sender drops without an end marker: the reader gets a body
@@ -66,11 +79,12 @@ pub(super) async fn stream_body<B>(
         Pumped::Elapsed => {
             trace::debug!("deadline elapsed");
             // Drop the inner body now, on this thread, and make room for
-            // other requests; then tell the reader, once it makes room.
+            // other requests; then tell the reader at once, in place of the
+            // frames it has not read, so the stream holds nothing more.
             body.as_mut().clear();
             drop(active);
-            if poll_fn(|cx| tx.poll_ready(cx)).await.is_ok() {
-                let _ = tx.send(Msg::Error(Elapsed::new().into()));
+            if let Ok(left) = tx.close_with(Msg::Error(Elapsed::new().into())) {
+                drop_guarded(left);
             }
         }
     }
@@ -108,7 +122,7 @@ where
             None => std::future::pending().await,
         }
     });
-    let (mut queued, mut polled) = (0usize, 0usize);
+    let mut turn = Turn::new();
     // Whether the last send left room: then there is no need to ask.
     let mut room = false;
     loop {
@@ -125,7 +139,7 @@ where
                 if elapsed.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(Pumped::Elapsed));
                 }
-                tx.poll_ready(cx).map_err(|_| Pumped::Cancelled)
+                turn.waited(tx.poll_ready(cx).map_err(|_| Pumped::Cancelled))
             });
             if let Err(end) = ready.await {
                 return end;
@@ -143,7 +157,7 @@ where
                 Poll::Pending if tx.poll_closed(cx).is_ready() => {
                     Poll::Ready(Err(Pumped::Cancelled))
                 }
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => turn.waited(Poll::Pending),
             }
         })
         .await;
@@ -165,11 +179,46 @@ where
             return Pumped::Cancelled;
         };
         room = sent.room;
-        queued += usize::from(!sent.merged);
-        polled += 1;
-        if queued >= FRAMES_PER_TURN || polled >= POLLS_PER_TURN {
-            (queued, polled) = (0, 0);
-            tokio::task::yield_now().await;
+        if turn.is_over(sent.merged) {
+            super::park::yield_now().await;
+            turn = Turn::new();
         }
+    }
+}
+
+/// One turn of a stream: from its start, or from the last time it waited
+/// (the worker served others meanwhile), to its yield.
+struct Turn {
+    started: Clock,
+    queued: usize,
+    polled: usize,
+}
+
+impl Turn {
+    fn new() -> Self {
+        Self {
+            started: Clock::now(),
+            queued: 0,
+            polled: 0,
+        }
+    }
+
+    /// Passes `poll` on; a wait (`Pending`) starts a new turn.
+    fn waited<T>(&mut self, poll: Poll<T>) -> Poll<T> {
+        if poll.is_pending() {
+            *self = Self::new();
+        }
+        poll
+    }
+
+    /// Counts a frame sent (or `merged`); whether the turn has used up its
+    /// counts or its time. The clock is read once per body poll: a few
+    /// nanoseconds beside any poll that makes a frame.
+    fn is_over(&mut self, merged: bool) -> bool {
+        self.queued += usize::from(!merged);
+        self.polled += 1;
+        self.queued >= FRAMES_PER_TURN
+            || self.polled >= POLLS_PER_TURN
+            || self.started.elapsed() >= TIME_PER_TURN
     }
 }

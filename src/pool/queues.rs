@@ -3,12 +3,29 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use async_channel::Receiver;
+use async_channel::{Receiver, Sender};
 
 use super::idle::Source;
 use super::Envelope;
 use crate::error::Failure;
 use crate::stats::Counters;
+
+/// Up to this many places, a queue's room is allocated when the pool
+/// starts (a ring: the faster queue, about 56 bytes a place); past it, as
+/// it fills, so that a huge `queue_capacity` costs memory only while
+/// requests wait.
+const PREALLOCATED_PLACES: usize = 4096;
+
+/// A queue of `capacity` places. Past [`PREALLOCATED_PLACES`] the channel
+/// itself is unbounded: the shared queue is bounded by the admission
+/// permits its jobs carry, a worker's own queue by `Pool::submit`.
+pub(super) fn queue(capacity: usize) -> (Sender<Envelope>, Receiver<Envelope>) {
+    if capacity <= PREALLOCATED_PLACES {
+        async_channel::bounded(capacity)
+    } else {
+        async_channel::unbounded()
+    }
+}
 
 /// Answers every job in `queue` with `failure`: for a queue no worker will
 /// take from again.
@@ -25,6 +42,8 @@ pub(crate) struct Queues {
     /// A core worker's own queue, for keyed jobs; spares have none.
     own: Option<Receiver<Envelope>>,
     shared: Receiver<Envelope>,
+    /// This slot's errands (`inbox.rs`), taken before its own queue.
+    inbox: Option<Receiver<Envelope>>,
 }
 
 impl Queues {
@@ -32,11 +51,22 @@ impl Queues {
         Self {
             own: Some(own),
             shared,
+            inbox: None,
         }
     }
 
     pub(super) fn spare(shared: Receiver<Envelope>) -> Self {
-        Self { own: None, shared }
+        Self {
+            own: None,
+            shared,
+            inbox: None,
+        }
+    }
+
+    /// With its slot's inbox of errands.
+    pub(super) fn with_inbox(mut self, inbox: Receiver<Envelope>) -> Self {
+        self.inbox = Some(inbox);
+        self
     }
 
     pub(super) fn shared(&self) -> &Receiver<Envelope> {
@@ -53,7 +83,8 @@ impl Source for Queues {
     type Job = Envelope;
 
     fn take_own(&self) -> Option<Envelope> {
-        self.own.as_ref().and_then(|own| own.try_recv().ok())
+        let errand = self.inbox.as_ref().and_then(|inbox| inbox.try_recv().ok());
+        errand.or_else(|| self.own.as_ref().and_then(|own| own.try_recv().ok()))
     }
 
     fn take_shared(&self) -> Option<Envelope> {
@@ -65,7 +96,10 @@ impl Source for Queues {
             .own
             .as_ref()
             .is_none_or(|own| own.is_closed() && own.is_empty());
-        own_done && self.shared.is_closed() && self.shared.is_empty()
+        // An errand posted before the queues closed is served (see
+        // `Pool::post`).
+        let inbox_done = self.inbox.as_ref().is_none_or(|inbox| inbox.is_empty());
+        own_done && inbox_done && self.shared.is_closed() && self.shared.is_empty()
     }
 
     fn more_shared(&self) -> bool {

@@ -3,7 +3,9 @@
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use super::driver::Driver;
 use super::idle::Idle;
+use super::inbox::Inboxes;
 use super::lifecycle::Lifecycle;
 use super::spare::Spares;
 use super::Config;
@@ -16,6 +18,10 @@ pub(crate) struct Core {
     pub(crate) lifecycle: Lifecycle,
     pub(crate) idle: Idle,
     pub(crate) spares: Spares,
+    /// The runtime whose timers and I/O the workers use (see `driver.rs`).
+    pub(crate) driver: Driver,
+    /// One inbox of errands per worker slot (`run_on_key`, `broadcast`).
+    pub(crate) inboxes: Inboxes,
     /// Tells this pool's worker threads from another pool's.
     pub(crate) id: u64,
     /// How many wrapped services have lost their last handle. A worker that
@@ -27,8 +33,8 @@ pub(crate) struct Core {
     pub(crate) given_up: AtomicUsize,
     /// Thread spawns left before the test seam refuses them.
     pub(super) spawns_left: AtomicUsize,
-    /// Runtime builds left before the test seam fails them.
-    pub(super) runtimes_left: AtomicUsize,
+    /// Worker starts left before the test seam fails them.
+    pub(super) starts_left: AtomicUsize,
 }
 
 /// Takes one from `left`; `false` at zero.
@@ -38,21 +44,24 @@ fn take_one(left: &AtomicUsize) -> bool {
 }
 
 impl Core {
-    /// The shared state of a new pool, its threads not yet started.
-    pub(super) fn new(config: Config) -> Self {
+    /// The shared state of a new pool, with its driver thread; the
+    /// workers not yet started.
+    pub(super) fn new(config: Config) -> io::Result<Self> {
         static POOLS: AtomicU64 = AtomicU64::new(0);
-        Self {
+        Ok(Self {
+            driver: Driver::start(&config.thread_name)?,
             counters: Counters::new(config.max_workers),
             lifecycle: Lifecycle::new(),
             idle: Idle::new(config.max_workers),
             spares: Spares::new(&config),
+            inboxes: Inboxes::new(config.max_workers),
             id: POOLS.fetch_add(1, Ordering::Relaxed),
             retired: AtomicU64::new(0),
             given_up: AtomicUsize::new(0),
             spawns_left: AtomicUsize::new(config.spawn_limit.unwrap_or(usize::MAX)),
-            runtimes_left: AtomicUsize::new(config.runtime_limit.unwrap_or(usize::MAX)),
+            starts_left: AtomicUsize::new(config.start_limit.unwrap_or(usize::MAX)),
             config,
-        }
+        })
     }
 
     /// Whether every core worker was given up.
@@ -73,15 +82,14 @@ impl Core {
         take_one(&self.spawns_left)
     }
 
-    /// A worker's runtime (or the test seam's refusal).
-    pub(super) fn build_runtime(&self) -> io::Result<tokio::runtime::Runtime> {
-        if !take_one(&self.runtimes_left) {
-            return Err(io::Error::other(
-                "tower-affinity: runtime refused (test seam)",
-            ));
+    /// Whether a worker may start: `Err` only from the test seam.
+    pub(super) fn start_worker(&self) -> io::Result<()> {
+        if take_one(&self.starts_left) {
+            Ok(())
+        } else {
+            Err(io::Error::other(
+                "tower-affinity: worker start refused (test seam)",
+            ))
         }
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
     }
 }

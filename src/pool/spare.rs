@@ -149,11 +149,14 @@ impl Spares {
     /// Whether a spare whose keep-alive ran out may retire now; if not, how
     /// long until it may try again (spares retire one at a time).
     pub(crate) fn may_retire(&self) -> Result<(), Duration> {
-        let gap = (self.keep_alive / 4).as_nanos() as u64;
+        // Saturating: a `keep_alive` of centuries (`Duration::MAX`) is
+        // past what `u64` nanoseconds hold.
+        let gap = u64::try_from((self.keep_alive / 4).as_nanos()).unwrap_or(u64::MAX);
         let now = self.now();
         let last = self.last_retired.load(SeqCst);
-        if last != 0 && now < last + gap {
-            return Err(Duration::from_nanos(last + gap - now));
+        let next = last.saturating_add(gap);
+        if last != 0 && now < next {
+            return Err(Duration::from_nanos(next - now));
         }
         match self
             .last_retired
@@ -175,11 +178,16 @@ impl Spares {
         self.keep_alive
     }
 
-    /// Spare `index` retired: counted before its slot reads as not alive,
-    /// so a reader who sees the thread gone also sees it retired.
-    pub(crate) fn retiring(&self, index: usize) {
+    /// Spare `index` ends: `idle`, it retired after its keep-alive;
+    /// otherwise the pool shut down, or its thread died or could not build
+    /// its runtime. Counted however it ended, before its slot reads as not
+    /// alive, so that a reader who sees the thread gone also sees it
+    /// retired, and `started - retired` stays the spares running.
+    pub(crate) fn ended(&self, index: usize, idle: bool) {
         self.retired.fetch_add(1, SeqCst);
-        trace::info!(worker = index, "spare worker retired");
+        if idle {
+            trace::info!(worker = index, "spare worker retired");
+        }
         let _ = index;
     }
 
@@ -224,5 +232,19 @@ mod tests {
         // What is left of the 2 s gap: the two calls are moments apart.
         assert!(wait > Duration::from_secs(1), "{wait:?}");
         assert!(wait <= Duration::from_secs(2), "{wait:?}");
+    }
+
+    /// At `keep_alive(Duration::MAX)` the gap between retirements
+    /// saturates (centuries) instead of overflowing or wrapping to a short
+    /// one.
+    #[test]
+    fn the_retirement_gap_saturates_at_duration_max() {
+        let config = crate::ThreadAffinityLayer::builder()
+            .keep_alive(Duration::MAX)
+            .into_config();
+        let spares = Spares::new(&config);
+        assert_eq!(spares.may_retire(), Ok(()));
+        let wait = spares.may_retire().unwrap_err();
+        assert!(wait > Duration::from_secs(100 * 365 * 86_400), "{wait:?}");
     }
 }

@@ -115,6 +115,9 @@ impl WorkerState {
         for kept in gone {
             drop_guarded(kept);
         }
+        for value in crate::worker_local::take_retired() {
+            drop_guarded(value);
+        }
     }
 
     pub(super) fn reject(&self, envelope: Envelope, failure: Failure) {
@@ -153,16 +156,12 @@ impl WorkerState {
         let mut cx = Context::from_waker(Waker::noop());
         // The inline poll uses a no-op waker: if the task is pending, the
         // spawned task is polled again at once and registers its real waker.
-        let pending = {
-            let _polling = self.core.counters.polling(self.id.index());
-            task.as_mut().poll(&mut cx).is_pending()
-        };
+        let pending = task.as_mut().poll(&mut cx).is_pending();
         if pending {
             let core = self.core.clone();
             let index = self.id.index();
             let mut task = Some(task);
             tokio::task::spawn_local(poll_fn(move |cx| {
-                let _polling = core.counters.polling(index);
                 let Some(running) = task.as_mut() else {
                     return Poll::Ready(());
                 };
@@ -186,6 +185,9 @@ impl WorkerState {
     pub(super) fn drop_services(&self) {
         for instance in self.services.take() {
             drop_guarded(instance);
+        }
+        for value in crate::worker_local::take_all() {
+            drop_guarded(value);
         }
     }
 }

@@ -36,10 +36,6 @@ struct Look {
 
 /// What the supervisor remembers of its looks.
 struct Seen {
-    /// Per slot, the start of the poll a spare was last started for (which
-    /// tells one poll from the next): one spare per blocked poll, however
-    /// many looks it lasts.
-    compensated: Vec<u64>,
     /// Whether the last look found a blocked poll.
     blocked_before: bool,
 }
@@ -99,7 +95,6 @@ impl Pace {
 pub(super) fn run(core: &Arc<Core>, shared: &Receiver<Envelope>) {
     let spares = &core.spares;
     let mut seen = Seen {
-        compensated: vec![0; core.config.max_workers],
         blocked_before: false,
     };
     let mut pace = Pace::default();
@@ -127,8 +122,17 @@ pub(super) fn run(core: &Arc<Core>, shared: &Receiver<Envelope>) {
     }
 }
 
-/// Starts a spare for each blocked worker, as many as jobs wait and room
-/// allows, when no worker is free.
+/// Starts spares while fewer threads can take work than there are core
+/// workers, as many as jobs wait and room allows, when no worker is free.
+///
+/// A count, recomputed at each look: the threads that can take work are
+/// the running ones less those blocked now (see `probe`), and the pool
+/// starts what it takes to bring them back to `workers`. So a worker
+/// blocked for an hour keeps one spare for the hour, whatever came and went
+/// in between (its spare may retire while no work waits; the next look
+/// that finds work waiting starts another), and a handler blocked for 50
+/// ms, seen at fifty looks, is one thread out of play, not fifty: its
+/// spare counts as able from the look after it started.
 ///
 /// Why not "only when every worker is blocked": with many threads and
 /// handlers that block for a few milliseconds at a time, some worker is
@@ -140,36 +144,30 @@ pub(super) fn run(core: &Arc<Core>, shared: &Receiver<Envelope>) {
 fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, seen: &mut Seen) -> Look {
     let (spares, counters) = (&core.spares, &core.counters);
     let blocked_before = std::mem::replace(&mut seen.blocked_before, false);
-    if core.idle.anyone_waiting() {
+    let busy = |index: usize| counters.worker(index).is_polling();
+    // A waiting worker that registered, then went into a poll of user code
+    // in the same turn of its loop, still has its bit set: it is not free.
+    if core.idle.anyone_free(busy) {
         return Look::default();
     }
     let running: Vec<usize> = (0..core.config.max_workers)
         .filter(|&index| counters.worker(index).alive.load(SeqCst))
         .collect();
-    // Threads that can take work now: between two polls (serving their
-    // event loop, so not parked) or computing in a long one. As many as
-    // core workers, and a spare only adds a thread competing for the same
-    // CPUs: quick handlers that outrun the CPUs keep every worker busy
-    // without any being free, and grew the pool to `max_workers` before.
-    let mut able = running
-        .iter()
-        .filter(|&&index| !counters.worker(index).is_polling())
-        .count();
-    if able >= core.config.workers {
+    // Threads between two polls: as many as core workers, and a spare
+    // only adds a thread competing for the same CPUs (quick handlers that
+    // outrun the CPUs keep every worker busy without any being free).
+    let between = running.iter().filter(|&&index| !busy(index)).count();
+    if between >= core.config.workers {
         return Look::default();
     }
     // Atomics first; the probe reads `/proc`, only for workers inside a
-    // long poll, and only while there is room.
-    // A poll already compensated for is left out: without that, a worker
-    // blocked for 50 ms started a spare at every look (each millisecond)
-    // and the pool climbed to `max_workers` for a handful of slow calls.
-    // Each long poll by when it began, read once: the worker may end it,
-    // and begin another, while this look goes on.
+    // long poll, and only while there is room. Each long poll by when it
+    // began, read once: the worker may end it, and begin another, while
+    // this look goes on.
     let long: Vec<(usize, u64)> = running
         .iter()
         .map(|&index| (index, counters.poll_started(index)))
-        .filter(|&(index, since)| since != 0 && seen.compensated[index] != since)
-        .filter(|&(_, since)| counters.age(since) >= BLOCKED_AFTER)
+        .filter(|&(_, since)| since != 0 && counters.age(since) >= BLOCKED_AFTER)
         .collect();
     if long.is_empty() {
         return Look::default();
@@ -182,16 +180,15 @@ fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, seen: &mut Seen) -> Look 
         // `/proc`, one per long poll (64 of them a look, at `max_workers`).
         return Look::default();
     }
-    let blocked: Vec<(usize, u64)> = long
+    let blocked = long
         .iter()
-        .copied()
-        .filter(|&(index, since)| counters.blocked_in(index, since))
-        .collect();
-    seen.blocked_before = !blocked.is_empty();
-    able += long.len() - blocked.len();
-    if able >= core.config.workers {
+        .filter(|&&(index, since)| counters.blocked_in(index, since))
+        .count();
+    seen.blocked_before = blocked > 0;
+    let able = running.len() - blocked;
+    let Some(missing) = core.config.workers.checked_sub(able).filter(|&n| n > 0) else {
         return Look::default();
-    }
+    };
     // Blocking counts once seen at two looks in a row. Seen once, it may be
     // a moment's wait on a lock (an allocator's, a channel's) whose holder
     // the host preempted: on a busy 2-core machine, a pool of trivial
@@ -202,15 +199,11 @@ fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, seen: &mut Seen) -> Look 
     if !blocked_before {
         return Look {
             started: 0,
-            suspects: blocked.len(),
+            suspects: blocked,
         };
     }
     let mut started = 0;
-    for (index, since) in blocked.into_iter().take(wanted) {
-        if !start(core, shared, running.len() + started) {
-            break;
-        }
-        seen.compensated[index] = since;
+    while started < missing.min(wanted) && start(core, shared, running.len() + started) {
         started += 1;
     }
     Look {
@@ -233,7 +226,8 @@ fn start(core: &Arc<Core>, shared: &Receiver<Envelope>, threads: usize) -> bool 
     let counters = core.counters.worker(index);
     counters.alive.store(true, SeqCst);
     counters.used.store(true, SeqCst);
-    match worker::spawn(index, Queues::spare(shared.clone()), core.clone()) {
+    let queues = Queues::spare(shared.clone()).with_inbox(core.inboxes.receiver(index));
+    match worker::spawn(index, queues, core.clone()) {
         Ok(()) => {
             spares.started.fetch_add(1, Relaxed);
             trace::info!(

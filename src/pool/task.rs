@@ -22,8 +22,9 @@ use super::pump::{stream_body, Stream};
 use super::ready::{Instance, ReadyQueue, Turn};
 use super::unwind::{guard, Guarded};
 use super::worker::{Active, LocalTask, WorkerState};
-use super::{Job, JobHandle};
+use super::{Core, Job, JobHandle};
 use crate::body::Msg;
+use crate::cancel::{Scope, Scoped, Watch};
 use crate::error::{BoxError, Failure};
 use crate::future::Reply;
 use crate::reply::{ReplyReceiver, ReplySender, Slot};
@@ -77,6 +78,8 @@ where
 {
     fn start(self: Arc<Self>, worker: &WorkerState, active: Active) -> LocalTask {
         let job = self.take_job();
+        // The slot watches for the caller's end going, for `Cancellation`.
+        let watch: Arc<dyn Watch> = self.clone();
         let reply = ReplySender::new(self);
         let Some(Call {
             shared,
@@ -107,7 +110,15 @@ where
             // A zero-sized future: boxing it allocates nothing.
             return Box::pin(std::future::ready(()));
         };
-        let task = span.instrument(serve(service, request, reply, limits, active));
+        let core = worker.core().clone();
+        let task = span.instrument(serve(
+            service,
+            request,
+            reply,
+            limits,
+            active,
+            (watch, core),
+        ));
         Box::pin(task)
     }
 
@@ -144,23 +155,32 @@ async fn serve<S, B, ResBody>(
     reply: ReplySender<Reply<S::Error>>,
     limits: Limits,
     active: Active,
+    (watch, core): (Arc<dyn Watch>, Arc<Core>),
 ) where
     S: Service<Request<B>, Response = Response<ResBody>>,
     ResBody: Body,
     ResBody::Error: Into<BoxError>,
 {
-    let deadline = limits.deadline.map(|deadline| Instant::now() + deadline);
-    let Some((future, reply)) = ready_and_call(service, request, reply, &active).await else {
+    // A deadline past what an `Instant` can hold (`Duration::MAX`) is none.
+    let deadline = limits
+        .deadline
+        .and_then(|deadline| Instant::now().checked_add(deadline));
+    // User code below runs in this request's scope (see `cancel`).
+    let scope = Scope::new(watch, core, deadline.map(Instant::into_std));
+    let Some((future, reply)) = ready_and_call(service, request, reply, &active, &scope).await
+    else {
         return;
     };
-    let Some((response, reply)) = respond(future, reply, &active).await else {
+    let Some((response, reply)) = respond(future, reply, &active, &scope).await else {
         return;
     };
     let stream = Stream {
         deadline,
         merge: limits.merge,
     };
-    send_head(response, reply, limits.body_buffer, stream, active).await;
+    let (parts, body) = response.into_parts();
+    let response = Response::from_parts(parts, Scoped::new(&scope, body));
+    send_head(response, reply, limits.body_buffer, stream, active, &scope).await;
 }
 
 /// Waits for its turn and for the service to be ready, and calls it;
@@ -170,6 +190,7 @@ async fn ready_and_call<S, B>(
     request: Request<B>,
     mut reply: ReplySender<Reply<S::Error>>,
     active: &Active,
+    scope: &Scope,
 ) -> Option<(S::Future, ReplySender<Reply<S::Error>>)>
 where
     S: Service<Request<B>>,
@@ -188,15 +209,17 @@ where
             return Poll::Pending;
         }
         let polled = guard(|| {
-            let mut queue = service.borrow_mut();
-            let service = &mut queue.service;
-            match service.poll_ready(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-                Poll::Ready(Ok(())) => {
-                    Poll::Ready(Ok(service.call(request.take().expect("called once"))))
+            scope.enter(|| {
+                let mut queue = service.borrow_mut();
+                let service = &mut queue.service;
+                match service.poll_ready(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+                    Poll::Ready(Ok(())) => {
+                        Poll::Ready(Ok(service.call(request.take().expect("called once"))))
+                    }
                 }
-            }
+            })
         });
         match polled {
             Ok(Poll::Pending) => {
@@ -225,6 +248,7 @@ async fn respond<F, T, E>(
     future: F,
     mut reply: ReplySender<Reply<E>>,
     active: &Active,
+    scope: &Scope,
 ) -> Option<(T, ReplySender<Reply<E>>)>
 where
     F: Future<Output = Result<T, E>>,
@@ -234,7 +258,7 @@ where
         if reply.poll_closed(cx).is_ready() {
             return Poll::Ready(None);
         }
-        future.as_mut().poll_future(cx).map(Some)
+        scope.enter(|| future.as_mut().poll_future(cx)).map(Some)
     })
     .await;
     match response {
@@ -254,6 +278,7 @@ async fn send_head<B, E>(
     body_buffer: usize,
     pump: Stream,
     active: Active,
+    scope: &Scope,
 ) where
     B: Body,
     B::Error: Into<BoxError>,
@@ -299,7 +324,9 @@ async fn send_head<B, E>(
     };
 
     // A streamed response: the head goes now, the frames follow.
-    let (tx, stream) = ThreadAffinityBody::channel(body_buffer, hint);
+    let (tx, stream) = ThreadAffinityBody::channel(body_buffer, hint, pump.deadline);
+    // Before the head goes: from then on, the body's drop is the cancel.
+    scope.hand_over(tx.watch());
     if let Some(frame) = first {
         // The channel is new and has room for at least one message.
         let _ = tx.send(Msg::Frame(frame));

@@ -20,7 +20,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::{io, thread};
 
 use tokio::time::{Instant, Sleep};
@@ -32,7 +32,7 @@ pub(crate) use super::load::Active;
 pub(crate) use super::queues::Queues;
 pub(crate) use super::state::WorkerState;
 use super::unwind::guard;
-use super::{probe, Core, Envelope};
+use super::{park, probe, Core, Envelope};
 use crate::error::Failure;
 use crate::{trace, WorkerId};
 
@@ -71,38 +71,44 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> End {
     if let Some(hook) = &core.config.on_thread_start {
         let _ = guard(|| hook(&id));
     }
-    let runtime = match core.build_runtime() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            stop_hook(core, &id);
-            return End::FailedStart(error);
-        }
-    };
+    if let Err(error) = core.start_worker() {
+        stop_hook(core, &id);
+        return End::FailedStart(error);
+    }
+    // User code on this thread sees the driver's runtime as current, as
+    // code under `spawn_blocking` sees its runtime's, and is not inside a
+    // `block_on` (see `park.rs`).
+    let _entered = core.driver.handle().enter();
     core.counters.worker(index).started();
     let local = tokio::task::LocalSet::new();
     let state = WorkerState::new(id, core.clone());
+    // The idle list and an abort wake this loop through this waker, the
+    // thread's own for its life.
+    let (waker, unpark) = park::waker();
+    core.idle.set_waker(index, Some(&waker));
     // A panic that escapes the shields (a panic payload whose `Drop`
     // panics, say) must not unwind through the services and tasks: a
     // second panic in one of their `Drop`s would abort the process.
     let served = catch_unwind(AssertUnwindSafe(|| {
-        local.block_on(&runtime, async {
+        let serving = local.run_until(async {
             let mut serving = pin!(serve(queues, &state));
-            let mut waker: Option<Waker> = None;
             poll_fn(|cx| {
-                // The idle list and an abort wake this loop through the
-                // waker stored in its slot; it only changes if the
-                // runtime's does.
-                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    waker = Some(cx.waker().clone());
-                    core.idle.set_waker(index, waker.as_ref());
-                }
                 if core.lifecycle.is_aborting() {
                     return Poll::Ready(false);
                 }
                 serving.as_mut().poll(cx)
             })
             .await
-        })
+        });
+        let mut serving = pin!(serving);
+        // The whole poll counts as user code for the blocked probe, so that
+        // tasks handlers spawn with `spawn_local` count too; the loop's own
+        // turns clear the mark (`next_job`).
+        let polled = poll_fn(|cx| {
+            let _polling = core.counters.polling(index);
+            serving.as_mut().poll(cx)
+        });
+        park::block_on(polled, &waker, &unpark)
     }));
     let end = match served {
         Ok(true) => End::Retired,
@@ -129,7 +135,6 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> End {
     let _ = guard(move || drop(local));
     state.drop_services();
     stop_hook(core, &state.id);
-    let _ = guard(move || drop(runtime));
     end
 }
 
@@ -175,7 +180,7 @@ async fn serve(queues: &Queues, state: &WorkerState) -> bool {
         admitted += 1;
         if admitted % ADMIT_PER_TURN == 0 {
             // The local tasks only run while this loop is pending.
-            tokio::task::yield_now().await;
+            park::yield_now().await;
         }
     };
     // Let the requests already started finish before the services go.
@@ -201,6 +206,8 @@ async fn next_job(queues: &Queues, state: &WorkerState, idle: &mut IdleTimer) ->
     let index = state.id.index();
     let busy = |i: usize| core.counters.worker(i).is_polling();
     poll_fn(|cx| {
+        // The loop's own code: not a poll of user code (see `run`).
+        let _between = core.counters.between_polls(index);
         // Here, not in the loop around: an idle worker woken for a retired
         // service finds no job and waits again without leaving this poll.
         state.sweep_retired();
@@ -258,14 +265,21 @@ fn next(
             Poll::Ready(Next::Job(envelope))
         }
         Taken::Finished => Poll::Ready(Next::Finished),
-        Taken::Waiting if !state.spare || state.load.active() > 0 => {
+        Taken::Waiting if !state.spare => Poll::Pending,
+        Taken::Waiting if state.load.active() > 0 => {
             idle.since = None;
+            // Its idle time starts when its last request ends. One that
+            // ends in a local task, not inline, wakes nobody else: without
+            // this, the spare would wait with no timer, never to retire.
+            state.load.wake_on_exit(cx.waker());
             Poll::Pending
         }
         Taken::Waiting => {
             let keep_alive = core.spares.keep_alive();
             let since = *idle.since.get_or_insert_with(Instant::now);
-            let due = since + keep_alive;
+            let Some(due) = since.checked_add(keep_alive) else {
+                return Poll::Pending; // `Duration::MAX`: never retire.
+            };
             let timer = idle
                 .timer
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
@@ -317,7 +331,7 @@ mod tests {
             .max_workers(2)
             .keep_alive(Duration::from_millis(1))
             .into_config();
-        let core = Arc::new(Core::new(config));
+        let core = Arc::new(Core::new(config).unwrap());
         let (_sender, shared) = async_channel::bounded(1);
         let queues = Queues::spare(shared);
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -357,7 +371,7 @@ mod tests {
     #[test]
     fn a_spare_claimed_as_its_keep_alive_ends_stays_for_the_job() {
         let (next, still_idle) = spare_past_its_keep_alive(|core| {
-            assert!(core.idle.wake_any(|_| false), "the spare was waiting");
+            assert!(core.idle.wake_any(|_| false).any(), "the spare was waiting");
         });
         assert!(
             matches!(next, Poll::Pending),

@@ -123,6 +123,17 @@ impl Counters {
         }
     }
 
+    /// Clears worker `index`'s mark while its event loop runs its own code
+    /// inside a poll (see `worker::run`), and sets it afresh when the guard
+    /// drops: user code runs next.
+    pub(crate) fn between_polls(&self, index: usize) -> BetweenPolls<'_> {
+        self.workers[index].busy_since.store(0, Relaxed);
+        BetweenPolls {
+            counters: self,
+            index,
+        }
+    }
+
     /// A snapshot of the core workers (`0..core`) and the running spares.
     pub(crate) fn snapshot(
         &self,
@@ -169,5 +180,20 @@ pub(crate) struct Polling<'a> {
 impl Drop for Polling<'_> {
     fn drop(&mut self) {
         self.since.store(0, Relaxed);
+    }
+}
+
+/// Marks a worker as polling user code again when dropped.
+pub(crate) struct BetweenPolls<'a> {
+    counters: &'a Counters,
+    index: usize,
+}
+
+impl Drop for BetweenPolls<'_> {
+    fn drop(&mut self) {
+        let now = self.counters.now();
+        self.counters.workers[self.index]
+            .busy_since
+            .store(now, Relaxed);
     }
 }

@@ -65,7 +65,10 @@ impl Stats {
         self.spares.started
     }
 
-    /// Spare workers that retired after their keep-alive.
+    /// Spare workers that have ended: retired after their keep-alive,
+    /// ended at shutdown, or (rarely) ended by a panic that escaped the
+    /// shields or a runtime that could not be built. So
+    /// `spares_started() - spares_retired()` spares run now.
     pub fn spares_retired(&self) -> u64 {
         self.spares.retired
     }

@@ -441,3 +441,36 @@ impl Body for ScriptedBody {
         self.steps.is_empty()
     }
 }
+
+/// A door handlers wait at, off the CPU, until the test opens it.
+#[derive(Clone, Default)]
+pub struct Gate(std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    /// Blocks the calling thread until the gate is open.
+    pub fn wait(&self) {
+        let (open, signal) = &*self.0;
+        let mut open = open.lock().unwrap();
+        while !*open {
+            open = signal.wait(open).unwrap();
+        }
+    }
+
+    /// Opens the gate for every waiter, now and later.
+    pub fn open(&self) {
+        let (open, signal) = &*self.0;
+        *open.lock().unwrap() = true;
+        signal.notify_all();
+    }
+}
+
+/// Panics caught and thread replacements over every worker slot: both 0
+/// when no worker died and the layer's own code never panicked.
+pub fn deaths(stats: &Stats) -> (u64, u64) {
+    stats
+        .workers()
+        .iter()
+        .fold((0, 0), |(panics, replaced), w| {
+            (panics + w.panicked(), replaced + w.replaced())
+        })
+}
