@@ -118,13 +118,11 @@ where
     S::Future: Send,
     S::Error: std::fmt::Debug,
 {
-    fn call(&mut self, n: u64) -> impl Future<Output = Bytes> + Send + '_ {
-        async move {
-            let svc = self.0.ready().await.expect("ready");
-            let response = svc.call(Request::new(n)).await.expect("call");
-            let body = response.into_body().collect().await.expect("body");
-            body.to_bytes()
-        }
+    async fn call(&mut self, n: u64) -> Bytes {
+        let svc = self.0.ready().await.expect("ready");
+        let response = svc.call(Request::new(n)).await.expect("call");
+        let body = response.into_body().collect().await.expect("body");
+        body.to_bytes()
     }
 }
 

@@ -150,10 +150,8 @@ impl Pool {
             }
         })
         .await;
-        let answers = runs
-            .into_iter()
+        runs.into_iter()
             .map(|(id, _, answer)| (id, answer.expect("every run is done")))
-            .collect();
-        answers
+            .collect()
     }
 }
