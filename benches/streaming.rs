@@ -25,14 +25,17 @@
 //! returned `Pending`, each ended by one wake-up).
 //!
 //! Why this bench once said 1.03x `local_pool` while an independent run of
-//! this shape said 0.17x: it read each transfer in `Runtime::block_on`, on
-//! the bench's main thread, outside the runtime's worker threads, and it
-//! excluded a warm-up. A `block_on` reader is woken by unparking the main
-//! thread, which costs every variant the same slow thread wake-up per
-//! batch: the baselines ran at the layer's speed, and the ratio hid the
-//! layer's cost. A reader that is a runtime task (this bench, and any
-//! server) is woken into a worker thread that is often still spinning or
-//! busy, which tokio's mpsc side exploits and the layer's channel did not.
+//! this shape said 0.17x: not found. The old bench differed in its reader
+//! (in `Runtime::block_on` on the main thread, not a runtime task), its
+//! chunks (clones of one 64 KiB `Bytes`), a 64 MiB warm-up it excluded, and
+//! 256 MiB over 5 rounds whose per-round ratios ranged 0.31 to 2.13 (its
+//! median said little). On 2026-12-07, on this machine, neither reader
+//! placement reproduced 0.17x: as a task the layer ran at 0.8 to 1.7x
+//! `local_pool` (load 0.5 to 11), in `block_on` at 0.77x (load 5.8). Every
+//! variant's cost is in parking and waking threads (0.4 to 0.55 voluntary
+//! switches per chunk, from `eventfd`, `epoll_wait` and `futex`), which
+//! depends on how busy the CPUs are; an idle machine, where a parked vCPU
+//! halts and a wake-up costs tens of microseconds, is the untested case.
 //! `STREAM_READER=block_on` reads the old way, to see the difference.
 //!
 //! Then the `rows` case (see `streaming/rows.rs`): `STREAM_ROWS` (default
