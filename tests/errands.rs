@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -12,27 +12,7 @@ use http::{HeaderName, Request, Response};
 use tokio::sync::mpsc;
 use tower_affinity::{blocking, ThreadAffinityLayer, WorkerId};
 
-use common::{bounded, collect, send, HANG};
-
-/// A door handlers wait at, off the CPU, until the test opens it.
-#[derive(Clone, Default)]
-struct Gate(Arc<(Mutex<bool>, Condvar)>);
-
-impl Gate {
-    fn wait(&self) {
-        let (open, signal) = &*self.0;
-        let mut open = open.lock().unwrap();
-        while !*open {
-            open = signal.wait(open).unwrap();
-        }
-    }
-
-    fn open(&self) {
-        let (open, signal) = &*self.0;
-        *open.lock().unwrap() = true;
-        signal.notify_all();
-    }
-}
+use common::{bounded, collect, send, Gate, HANG};
 
 fn name() -> String {
     thread::current().name().unwrap_or_default().to_owned()

@@ -12,11 +12,11 @@ mod common;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::{Arc, Barrier, Condvar, Mutex};
+use std::sync::{Arc, Barrier};
 use std::thread::{self, ThreadId};
 use std::time::Duration;
 
-use common::{collect, get, until, within};
+use common::{collect, get, until, within, Gate};
 use http::{HeaderName, Request, Response};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
@@ -25,26 +25,6 @@ use tower::ServiceExt;
 use tower_affinity::blocking::ServiceFn;
 use tower_affinity::{blocking, ThreadAffinity, ThreadAffinityLayer, WorkerId};
 use tower_layer::Layer;
-
-/// A door handlers wait at, off the CPU, until the test opens it.
-#[derive(Clone, Default)]
-struct Gate(Arc<(Mutex<bool>, Condvar)>);
-
-impl Gate {
-    fn wait(&self) {
-        let (open, signal) = &*self.0;
-        let mut open = open.lock().unwrap();
-        while !*open {
-            open = signal.wait(open).unwrap();
-        }
-    }
-
-    fn open(&self) {
-        let (open, signal) = &*self.0;
-        *open.lock().unwrap() = true;
-        signal.notify_all();
-    }
-}
 
 type Entered = mpsc::UnboundedSender<String>;
 

@@ -10,34 +10,14 @@
 mod common;
 
 use std::convert::Infallible;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{collect, get, until, within};
+use common::{collect, get, until, within, Gate};
 use http::{Request, Response};
 use tower::{Service, ServiceExt};
 use tower_affinity::{blocking, ThreadAffinityLayer};
 use tower_layer::Layer;
-
-/// A door handlers wait at, off the CPU, until the test opens it.
-#[derive(Clone, Default)]
-struct Gate(Arc<(Mutex<bool>, Condvar)>);
-
-impl Gate {
-    fn wait(&self) {
-        let (open, signal) = &*self.0;
-        let mut open = open.lock().unwrap();
-        while !*open {
-            open = signal.wait(open).unwrap();
-        }
-    }
-
-    fn open(&self) {
-        let (open, signal) = &*self.0;
-        *open.lock().unwrap() = true;
-        signal.notify_all();
-    }
-}
 
 fn name() -> String {
     std::thread::current().name().unwrap_or_default().to_owned()
