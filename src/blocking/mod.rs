@@ -47,6 +47,7 @@ mod service_fn;
 mod try_service_fn;
 
 pub use self::iter::{Chunks, IterBody};
+pub(crate) use self::read::thread_waker;
 pub use self::read::BodyReader;
 pub use self::reader::ReaderBody;
 pub use self::service_fn::{service_fn, ServiceFn};

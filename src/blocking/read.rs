@@ -150,6 +150,12 @@ fn length_limit_error() -> BoxError {
     }
 }
 
+/// A waker that unparks the calling thread: for code that blocks this
+/// thread on a future by parking it between polls.
+pub(crate) fn thread_waker() -> Waker {
+    Waker::from(Arc::new(Unpark(thread::current())))
+}
+
 /// Wakes a parked thread.
 struct Unpark(Thread);
 
@@ -169,7 +175,7 @@ impl Wake for Unpark {
 /// called from inside another executor: it only ever parks this thread.
 fn block_on<F: Future>(future: F) -> F::Output {
     let mut future = pin!(future);
-    let waker = Waker::from(Arc::new(Unpark(thread::current())));
+    let waker = thread_waker();
     let mut cx = Context::from_waker(&waker);
     loop {
         if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {

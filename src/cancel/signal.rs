@@ -5,8 +5,8 @@ use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
-use std::thread::{self, Thread};
+use std::task::{Context, Poll, Waker};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::pool::Core;
@@ -96,7 +96,7 @@ impl Signal {
             (Some(until), Some(deadline)) => Some(until.min(deadline)),
             (until, deadline) => until.or(deadline),
         };
-        let waker = Waker::from(Arc::new(Unpark(thread::current())));
+        let waker = crate::blocking::thread_waker();
         let mut cx = Context::from_waker(&waker);
         let mut cut = pin!(self.fired_or_aborted());
         loop {
@@ -114,18 +114,5 @@ impl Signal {
                 }
             }
         }
-    }
-}
-
-/// Wakes a thread parked in [`Signal::wait_timeout`].
-struct Unpark(Thread);
-
-impl Wake for Unpark {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
     }
 }
