@@ -58,7 +58,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_channel::{Receiver, Sender, TrySendError};
+use async_channel::{Receiver, Sender};
 use http::Request;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -102,18 +102,10 @@ impl Pool {
     /// Starts `config.workers` threads (and the spares' supervisor, when
     /// the pool may grow); on failure, the threads already started end.
     pub(crate) fn launch(config: Config) -> io::Result<Self> {
-        let (shared, shared_rx) = queues::queue(config.queue_capacity);
+        let (shared, shared_rx) = queues::queue();
         let core = Arc::new(Core::new(config)?);
-        // A worker's own queue only ever holds keyed requests: without a key
-        // function it stays empty, and a bounded queue allocates its room
-        // up front.
-        let own_capacity = match core.config.affinity_key {
-            Some(_) => core.config.queue_capacity,
-            None => 1,
-        };
-        let (own, own_rx): (Vec<_>, Vec<_>) = (0..core.config.workers)
-            .map(|_| queues::queue(own_capacity))
-            .unzip();
+        let (own, own_rx): (Vec<_>, Vec<_>) =
+            (0..core.config.workers).map(|_| queues::queue()).unzip();
         let queues: Vec<Queues> = own_rx
             .into_iter()
             .enumerate()
@@ -197,7 +189,7 @@ impl Pool {
     ///
     /// An unkeyed job needs an admission permit: the one `poll_ready`
     /// reserved, or one free now. A keyed job goes to its worker's own
-    /// queue, bounded by its channel, and lets its permit go: a hot key must
+    /// queue, bounded at `queue_capacity` here, and lets its permit go: a hot key must
     /// not hold places that other workers' requests need.
     pub(crate) fn submit(
         &self,
@@ -207,9 +199,9 @@ impl Pool {
     ) -> Result<(), Failure> {
         let counters = &self.inner.core.counters;
         let (queue, permit) = match worker {
-            // A huge own queue is an unbounded channel (see `queues::queue`),
+            // An own queue is an unbounded channel (see `queues::queue`),
             // bounded here: callers racing here may each add one past it.
-            Some(index) if self.unbounded_queue_full(&self.inner.own[index]) => {
+            Some(index) if self.own_queue_full(&self.inner.own[index]) => {
                 counters.rejected.fetch_add(1, Ordering::Relaxed);
                 return Err(Failure::Overloaded);
             }
@@ -265,22 +257,18 @@ impl Pool {
                 }
                 Ok(())
             }
-            Err(error) => {
+            // Unbounded channels: only a closed one refuses.
+            Err(_) => {
                 counters.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(match error {
-                    TrySendError::Full(_) => Failure::Overloaded,
-                    TrySendError::Closed(_) => Failure::ShutDown,
-                })
+                Err(Failure::ShutDown)
             }
         }
     }
 
-    /// Whether `queue`, a channel without a bound of its own, holds
-    /// `queue_capacity` jobs; `false` once closed, which `try_send` tells.
-    fn unbounded_queue_full(&self, queue: &Sender<Envelope>) -> bool {
-        queue.capacity().is_none()
-            && !queue.is_closed()
-            && queue.len() >= self.config().queue_capacity
+    /// Whether `queue`, a worker's own, holds `queue_capacity` jobs;
+    /// `false` once closed, which `try_send` tells.
+    fn own_queue_full(&self, queue: &Sender<Envelope>) -> bool {
+        !queue.is_closed() && queue.len() >= self.config().queue_capacity
     }
 
     /// Answers what waits in a queue no worker will take from again; the

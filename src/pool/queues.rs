@@ -10,21 +10,21 @@ use super::Envelope;
 use crate::error::Failure;
 use crate::stats::Counters;
 
-/// Up to this many places, a queue's room is allocated when the pool
-/// starts (a ring: the faster queue, about 56 bytes a place); past it, as
-/// it fills, so that a huge `queue_capacity` costs memory only while
-/// requests wait.
-const PREALLOCATED_PLACES: usize = 4096;
-
-/// A queue of `capacity` places. Past [`PREALLOCATED_PLACES`] the channel
-/// itself is unbounded: the shared queue is bounded by the admission
-/// permits its jobs carry, a worker's own queue by `Pool::submit`.
-pub(super) fn queue(capacity: usize) -> (Sender<Envelope>, Receiver<Envelope>) {
-    if capacity <= PREALLOCATED_PLACES {
-        async_channel::bounded(capacity)
-    } else {
-        async_channel::unbounded()
-    }
+/// A queue of jobs: an unbounded channel, bounded by its users (the shared
+/// queue by the admission permits its jobs carry, a worker's own queue by
+/// `Pool::submit`).
+///
+/// Not `async_channel::bounded`, though it allocates nothing per job: its
+/// ring (`concurrent_queue::bounded`) has a reader that finds a place
+/// claimed by a writer but not yet written spin, without yielding, until
+/// the writer finishes. With more worker threads than CPUs, the writer (a
+/// caller's task, preempted between the two steps by a worker waking from
+/// its handler) may not run again for a whole time slice while the workers
+/// spin on both CPUs: `benches/blocking` measured a pool of 64 workers at
+/// 0.66-1.00x `spawn_blocking`, its CPU per call up by half, and at 1.01x
+/// with this channel, whose reader yields in that wait.
+pub(super) fn queue() -> (Sender<Envelope>, Receiver<Envelope>) {
+    async_channel::unbounded()
 }
 
 /// Answers every job in `queue` with `failure`: for a queue no worker will
