@@ -106,6 +106,34 @@ async fn spares_start_when_every_worker_blocks() {
     assert!(spares.iter().all(|w| w.index() >= 1 && w.is_alive()));
 }
 
+/// While every thread blocks and work waits, the pool doubles at each look
+/// instead of adding a thread or two: 32 handlers meet at a barrier of 32
+/// on 32 threads, started from one core worker within 20 of the
+/// supervisor's looks (5 here). Growing by what it missed of `workers`,
+/// one spare a look, took about 60.
+#[tokio::test]
+async fn a_pool_whose_threads_all_block_doubles_at_each_look() {
+    const THREADS: usize = 32;
+    let layer = ThreadAffinityLayer::builder()
+        .workers(1)
+        .max_workers(THREADS)
+        .build();
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let svc = layer.layer(blocking::service_fn(move |_: Request<()>| {
+        barrier.wait();
+        Response::new(name())
+    }));
+    let names: HashSet<_> = answers(send_all(&svc, THREADS)).await.into_iter().collect();
+    assert_eq!(names.len(), THREADS, "{names:?}");
+    let stats = layer.stats();
+    assert_eq!(stats.spares_started(), THREADS as u64 - 1);
+    assert!(
+        stats.stalls() <= 20,
+        "{} looks to reach {THREADS} threads",
+        stats.stalls()
+    );
+}
+
 /// At `max_workers` the pool stops growing, however long work waits while
 /// every worker blocks.
 #[tokio::test]

@@ -53,6 +53,12 @@ fn state_letter(stat: &[u8]) -> Option<char> {
     Some(char::from(*letter))
 }
 
+/// Whether thread `tid` is off the CPU (sleeping, or waiting on I/O);
+/// `None` where its state cannot be read.
+pub(crate) fn off_cpu(tid: u64) -> Option<bool> {
+    state(tid).map(|letter| matches!(letter, 'S' | 'D'))
+}
+
 /// Whether thread `tid`, inside a poll of user code for `polling`, is
 /// blocked there.
 pub(crate) fn blocked(tid: u64, polling: Option<Duration>) -> bool {

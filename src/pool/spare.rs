@@ -2,23 +2,23 @@
 //! supervisor thread (`supervisor`) that starts them shares with the pool.
 //!
 //! The pool always runs `workers` core threads. While unkeyed work waits
-//! and no worker is free, a spare starts for each worker blocked in user
-//! code (see `probe`: inside one poll for over a millisecond and off the
-//! CPU), up to the jobs waiting and `max_workers` threads. Each blocked
-//! poll gets one spare, once: a handler blocked for 50 ms, seen at fifty
-//! looks, is still one thread out of play, not fifty. And none while as
-//! many threads as there are core workers can take work (between two polls,
-//! or computing): then the CPUs, not the threads, are what work waits for.
-//! A CPU-bound handler is on the CPU, a quick one is not inside a long
-//! poll: neither grows the pool.
+//! and no worker is free, spares start while fewer spares run than threads
+//! are blocked in user code (see `probe`: inside a poll, off the CPU, one
+//! of them for over a millisecond), up to the jobs waiting and
+//! `max_workers` threads (see `supervisor::grow` for how many a look). A
+//! handler blocked for 50 ms, seen at fifty looks, is still one thread out
+//! of play, not fifty. And none while as many threads as there are core
+//! workers can take work (between two polls, or computing): then the CPUs,
+//! not the threads, are what work waits for. A CPU-bound handler is on the
+//! CPU, a quick one is not inside a long poll: neither grows the pool.
 //!
 //! The supervisor costs nothing while the pool keeps up: it parks on a
 //! condition variable until a submitter finds no worker waiting for work
 //! (one atomic load on that path while the supervisor is already awake).
-//! Awake, it looks every millisecond while work waits, backing off while
-//! the workers are busy without being blocked, and parks again once the
-//! shared queue is empty (see `supervisor::Pace` for why the backed-off
-//! pace outlives a short park).
+//! Awake, it looks every millisecond while work waits (every half while
+//! the pool grows), backing off while the workers are busy without being
+//! blocked, and parks again once the shared queue is empty (see
+//! `supervisor::Pace` for why the backed-off pace outlives a short park).
 //!
 //! A spare serves the shared queue only, and retires after `keep_alive`
 //! with nothing to serve; spares retire one at a time, at most one per

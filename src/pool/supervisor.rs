@@ -52,15 +52,28 @@ struct Seen {
 /// moment's wait for blocking (see `grow`). So only a park longer than
 /// [`MAX_INTERVAL`] (the pool kept up for a while) or a look that starts a
 /// spare brings the fast pace back.
+///
+/// After a look that starts spares, the next [`GROWING_LOOKS`] keep the
+/// fast pace even if they start nothing: the new spares may not be in a
+/// poll yet, and handlers that block in step (all begun within the same
+/// millisecond) may all be in polls too young to tell at the next look. A
+/// pool growing for 2 ms handlers backed off to 16 ms between its second
+/// and third steps, its queue waiting meanwhile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Pace {
     interval: Duration,
+    /// Looks left at the fast pace since spares last started.
+    growing: u32,
 }
+
+/// The looks that keep the fast pace after one that starts spares.
+const GROWING_LOOKS: u32 = 16;
 
 impl Default for Pace {
     fn default() -> Self {
         Self {
             interval: BLOCKED_AFTER,
+            growing: 0,
         }
     }
 }
@@ -77,12 +90,17 @@ impl Pace {
         }
     }
 
-    /// What a look found: a started spare brings the fast pace back;
-    /// blocking seen for the first time is looked at again soon.
+    /// What a look found: a started spare brings the fast pace back, for
+    /// this look and the next [`GROWING_LOOKS`]; blocking seen for the
+    /// first time is looked at again soon.
     fn looked(&mut self, look: Look) {
         self.interval = if look.started > 0 {
+            self.growing = GROWING_LOOKS;
             BLOCKED_AFTER
         } else if look.suspects > 0 {
+            CONFIRM_AFTER
+        } else if self.growing > 0 {
+            self.growing -= 1;
             CONFIRM_AFTER
         } else {
             (self.interval * 2).min(MAX_INTERVAL)
@@ -123,24 +141,34 @@ pub(super) fn run(core: &Arc<Core>, shared: &Receiver<Envelope>) {
 }
 
 /// Starts spares while fewer threads can take work than there are core
-/// workers, as many as jobs wait and room allows, when no worker is free.
+/// workers and fewer spares run than threads are blocked now, as jobs wait
+/// and room allows, when no worker is free: one for each blocked thread,
+/// and as many again as spares run.
 ///
 /// A count, recomputed at each look: the threads that can take work are
-/// the running ones less those blocked now (see `probe`), and the pool
-/// starts what it takes to bring them back to `workers`. So a worker
-/// blocked for an hour keeps one spare for the hour, whatever came and went
-/// in between (its spare may retire while no work waits; the next look
-/// that finds work waiting starts another), and a handler blocked for 50
-/// ms, seen at fifty looks, is one thread out of play, not fifty: its
-/// spare counts as able from the look after it started.
+/// those between two polls and those computing in a long poll (see
+/// `probe`); the blocked ones cannot. So a worker blocked for an hour keeps
+/// its spare for the hour, whatever came and went in between (its spare
+/// may retire while no work waits; the next look that finds work waiting
+/// starts another), and a handler blocked for 50 ms, seen at fifty looks,
+/// is one thread out of play, not fifty: while its spare runs, spares are
+/// not fewer than the threads blocked.
 ///
-/// Why not "only when every worker is blocked": with many threads and
-/// handlers that block for a few milliseconds at a time, some worker is
-/// always between two jobs, and the pool would never grow past a handful
-/// of threads. A blocked worker is a thread that holds no CPU: starting one
-/// spare for it (as .NET's pool compensates for a thread known to block)
-/// keeps the threads that can run equal to what the pool had. A worker that
-/// computes is not blocked, so CPU-bound handlers never grow the pool.
+/// Why every blocked thread counts, in short polls too, and why the spares
+/// double: with handlers that block 2 ms each, half of the threads are in
+/// the first millisecond of their wait at any look. A pool that counted
+/// only long polls, or started only what it missed of `workers`, grew by a
+/// thread or two a look, its queue waiting meanwhile (0.56x
+/// `spawn_blocking` in `benches/blocking`); one that started a spare per
+/// blocked thread took six looks to reach 64 threads, and a run of 200
+/// calls a caller paid for them (0.96x, p99 1.4x). `spawn_blocking`
+/// starts a thread for each task waiting at once; this pool more than
+/// doubles at each look while all its threads block, and stops when they
+/// keep up. A short poll on the CPU counts as neither blocked nor able: it
+/// may be a thread just woken from its wait, in the queue for a CPU. A
+/// worker that computes is not blocked, so CPU-bound handlers never grow
+/// the pool; and a spare that computes counts as able at once, so one
+/// blocked worker among computing ones gets one spare, not a doubling.
 fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, seen: &mut Seen) -> Look {
     let (spares, counters) = (&core.spares, &core.counters);
     let blocked_before = std::mem::replace(&mut seen.blocked_before, false);
@@ -160,16 +188,16 @@ fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, seen: &mut Seen) -> Look 
     if between >= core.config.workers {
         return Look::default();
     }
-    // Atomics first; the probe reads `/proc`, only for workers inside a
-    // long poll, and only while there is room. Each long poll by when it
-    // began, read once: the worker may end it, and begin another, while
-    // this look goes on.
-    let long: Vec<(usize, u64)> = running
+    // Atomics first: blocking is news only once a poll has lasted
+    // `BLOCKED_AFTER`. Each poll by when it began, read once: the worker
+    // may end it, and begin another, while this look goes on.
+    let polls: Vec<(usize, u64)> = running
         .iter()
         .map(|&index| (index, counters.poll_started(index)))
-        .filter(|&(_, since)| since != 0 && counters.age(since) >= BLOCKED_AFTER)
+        .filter(|&(_, since)| since != 0)
         .collect();
-    if long.is_empty() {
+    let long = |since: u64| counters.age(since) >= BLOCKED_AFTER;
+    if !polls.iter().any(|&(_, since)| long(since)) {
         return Look::default();
     }
     spares.stalls.fetch_add(1, Relaxed);
@@ -177,18 +205,33 @@ fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, seen: &mut Seen) -> Look 
     let wanted = shared.len().min(room);
     if wanted == 0 {
         // At the ceiling no spare can start: spare the probe its reads of
-        // `/proc`, one per long poll (64 of them a look, at `max_workers`).
+        // `/proc`, one per poll (64 of them a look, at `max_workers`).
         return Look::default();
     }
-    let blocked = long
-        .iter()
-        .filter(|&&(index, since)| counters.blocked_in(index, since))
-        .count();
-    seen.blocked_before = blocked > 0;
-    let able = running.len() - blocked;
-    let Some(missing) = core.config.workers.checked_sub(able).filter(|&n| n > 0) else {
+    let (mut blocked, mut long_blocked, mut computing) = (0, 0, 0);
+    for &(index, since) in &polls {
+        match counters.off_cpu_in(index, since) {
+            Some(true) => {
+                blocked += 1;
+                long_blocked += usize::from(long(since));
+            }
+            Some(false) if long(since) => computing += 1,
+            Some(false) => {}
+            // No state to read (see `probe`): a long poll is judged by
+            // its length alone, a short one not at all.
+            None if counters.blocked_in(index, since) => {
+                blocked += 1;
+                long_blocked += 1;
+            }
+            None => {}
+        }
+    }
+    seen.blocked_before = long_blocked > 0;
+    let spares_running = usize::try_from(spares.running()).unwrap_or(usize::MAX);
+    if long_blocked == 0 || between + computing >= core.config.workers || spares_running >= blocked
+    {
         return Look::default();
-    };
+    }
     // Blocking counts once seen at two looks in a row. Seen once, it may be
     // a moment's wait on a lock (an allocator's, a channel's) whose holder
     // the host preempted: on a busy 2-core machine, a pool of trivial
@@ -199,11 +242,12 @@ fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, seen: &mut Seen) -> Look 
     if !blocked_before {
         return Look {
             started: 0,
-            suspects: blocked,
+            suspects: long_blocked,
         };
     }
     let mut started = 0;
-    while started < missing.min(wanted) && start(core, shared, running.len() + started) {
+    let more = blocked.saturating_add(spares_running).min(wanted);
+    while started < more && start(core, shared, running.len() + started) {
         started += 1;
     }
     Look {
@@ -253,7 +297,7 @@ mod tests {
 
     /// Looks that start nothing back off to the slowest pace and stay
     /// there across a short park; a long park or a started spare brings
-    /// the fast pace back.
+    /// the fast pace back, a started spare for `GROWING_LOOKS` more.
     #[test]
     fn the_pace_backs_off_and_survives_a_short_park() {
         let mut pace = Pace::default();
@@ -267,9 +311,14 @@ mod tests {
             suspects: 0,
         });
         assert_eq!(pace.interval(), BLOCKED_AFTER, "a spare started: look fast");
+        for _ in 0..GROWING_LOOKS {
+            pace.looked(Look::default());
+            assert_eq!(pace.interval(), CONFIRM_AFTER, "growing: still fast");
+        }
         for _ in 0..10 {
             pace.looked(Look::default());
         }
+        assert_eq!(pace.interval(), MAX_INTERVAL);
         pace.woken(MAX_INTERVAL);
         assert_eq!(pace.interval(), MAX_INTERVAL, "a short park keeps the pace");
         pace.woken(MAX_INTERVAL + Duration::from_millis(1));

@@ -83,6 +83,15 @@ impl Counters {
         probe::blocked(worker.tid.load(Relaxed), self.polling_for(index))
     }
 
+    /// Whether worker `index`, in the poll that began at `since`, is off
+    /// the CPU there, however short the poll; `None` if its state cannot
+    /// be read (see [`probe`]) or that poll ended meanwhile.
+    pub(crate) fn off_cpu_in(&self, index: usize, since: u64) -> Option<bool> {
+        let worker = &self.workers[index];
+        let off = probe::off_cpu(worker.tid.load(Relaxed))?;
+        (since != 0 && self.poll_started(index) == since).then_some(off)
+    }
+
     /// Whether worker `index` is blocked in the poll that began at `since`
     /// (see [`poll_started`](Self::poll_started)): the poll may end, and
     /// another begin, while the probe reads its thread's state.
