@@ -15,7 +15,7 @@
 //!
 //! Each caller keeps one clone of the service for its life and calls
 //! `ready().await` then `call()` in a loop, `BLOCKING_CALLS` times
-//! (default 2,000). Each variant gets a fresh pool and is timed from its
+//! (default 2,000; a tenth of it for `spin2ms`). Each variant gets a fresh pool and is timed from its
 //! first call: no warm-up is left out, since a pool that is slow to grow,
 //! or that grows only once warm, is what a user sees. (An earlier version
 //! timed 2 s after 0.5 s of unmeasured warm-up, with a fresh clone per
@@ -24,7 +24,9 @@
 //! (default 3) of each round's ratio to the case's baseline, so both sides
 //! of a ratio share a moment of the machine's noise. Short:
 //! `BLOCKING_CALLS=200 BLOCKING_ROUNDS=1`. `BLOCKING_ONLY=wait2ms,mix` runs
-//! some cases.
+//! some cases, `BLOCKING_VARIANTS=default` some variants (beside the
+//! baseline). Beside the figures: the process's CPU time per call and its
+//! threads' context switches per call.
 //!
 //! Run with `cargo bench --bench blocking`.
 
@@ -41,7 +43,9 @@ use tower_layer::Layer;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{env_or, loadavg, median, Watchdog};
+use support::{
+    env_or, loadavg, median, process_cpu_nanos, switches_by_thread, switches_since, Watchdog,
+};
 
 const CALLERS: usize = 64;
 
@@ -67,6 +71,15 @@ impl Case {
             Case::Wait2ms => &["spawn_blocking", "default", "workers64", "workers128"],
             Case::Mix => &["spawn_blocking", "default", "workers64"],
             Case::Spin2ms => &["fixed2", "default", "spawn_blocking"],
+        }
+    }
+
+    /// Calls per caller for `calls` asked: a tenth for `spin2ms`, whose
+    /// calls share two CPUs (at 2,000 per caller, 128 s a variant).
+    fn calls(self, calls: usize) -> usize {
+        match self {
+            Case::Spin2ms => (calls / 10).max(1),
+            _ => calls,
         }
     }
 
@@ -101,6 +114,31 @@ struct Run {
     p99: Duration,
     threads: usize,
     spares: u64,
+    /// CPU time of the whole process per call, in µs.
+    cpu_us: f64,
+    /// Context switches of the process's threads per call.
+    switches: f64,
+}
+
+impl Run {
+    fn of(driven: Driven, threads: usize, spares: u64) -> Self {
+        Self {
+            calls_per_sec: driven.calls_per_sec,
+            p99: driven.p99,
+            threads,
+            spares,
+            cpu_us: driven.cpu_us,
+            switches: driven.switches,
+        }
+    }
+}
+
+/// What `drive` measured.
+struct Driven {
+    calls_per_sec: f64,
+    p99: Duration,
+    cpu_us: f64,
+    switches: f64,
 }
 
 /// One caller's side of a variant: what it keeps across its calls.
@@ -147,7 +185,8 @@ where
 /// Runs `CALLERS` callers, each making `calls` calls in a row with the
 /// caller `make` builds for it. Calls/s over the whole run, from the first
 /// call: no warm-up is left out, so a pool slow to grow shows it.
-async fn drive<C: Caller>(case: Case, make: impl Fn() -> C, calls: usize) -> (f64, Duration) {
+async fn drive<C: Caller>(case: Case, make: impl Fn() -> C, calls: usize) -> Driven {
+    let (cpu, switches) = (process_cpu_nanos(), switches_by_thread());
     let start = Instant::now();
     let callers: Vec<_> = (0..CALLERS)
         .map(|caller| {
@@ -174,10 +213,15 @@ async fn drive<C: Caller>(case: Case, make: impl Fn() -> C, calls: usize) -> (f6
     let elapsed = start.elapsed();
     quick.sort_unstable();
     let p99 = quick[((quick.len() - 1) as f64 * 0.99).round() as usize];
-    (
-        (calls * CALLERS) as f64 / elapsed.as_secs_f64(),
-        Duration::from_nanos(p99),
-    )
+    let total = (calls * CALLERS) as f64;
+    // Switches over the threads alive now: the pools' threads outlive the
+    // run (the layer's until its shutdown, `spawn_blocking`'s for 10 s).
+    Driven {
+        calls_per_sec: total / elapsed.as_secs_f64(),
+        p99: Duration::from_nanos(p99),
+        cpu_us: process_cpu_nanos().saturating_sub(cpu) as f64 / 1e3 / total,
+        switches: switches_since(&switches) as f64 / total,
+    }
 }
 
 fn process_threads() -> usize {
@@ -193,13 +237,8 @@ fn process_threads() -> usize {
 async fn run(case: Case, variant: &str, calls: usize) -> Run {
     let handler = case.handler();
     if variant == "spawn_blocking" {
-        let (calls_per_sec, p99) = drive(case, || SpawnBlocking(handler.clone()), calls).await;
-        return Run {
-            calls_per_sec,
-            p99,
-            threads: process_threads(),
-            spares: 0,
-        };
+        let driven = drive(case, || SpawnBlocking(handler.clone()), calls).await;
+        return Run::of(driven, process_threads(), 0);
     }
     let layer = match variant {
         "default" => ThreadAffinityLayer::builder().build(),
@@ -212,14 +251,9 @@ async fn run(case: Case, variant: &str, calls: usize) -> Run {
         other => unreachable!("unknown variant {other}"),
     };
     let svc = layer.layer(blocking::service_fn(handler));
-    let (calls_per_sec, p99) = drive(case, || Layered(svc.clone()), calls).await;
+    let driven = drive(case, || Layered(svc.clone()), calls).await;
     let stats = layer.stats();
-    let run = Run {
-        calls_per_sec,
-        p99,
-        threads: stats.threads(),
-        spares: stats.spares_started(),
-    };
+    let run = Run::of(driven, stats.threads(), stats.spares_started());
     layer.shutdown().await;
     run
 }
@@ -228,6 +262,9 @@ fn main() {
     let rounds: usize = env_or("BLOCKING_ROUNDS", 3).max(1);
     let calls: usize = env_or("BLOCKING_CALLS", 2000).max(1);
     let only: Option<Vec<String>> = std::env::var("BLOCKING_ONLY")
+        .ok()
+        .map(|v| v.split(',').map(str::to_owned).collect());
+    let variants: Option<Vec<String>> = std::env::var("BLOCKING_VARIANTS")
         .ok()
         .map(|v| v.split(',').map(str::to_owned).collect());
     let cases: Vec<Case> = [Case::Wait2ms, Case::Mix, Case::Spin2ms]
@@ -253,8 +290,18 @@ fn main() {
     );
     println!();
     println!(
-        "{:<6} {:<8} {:<15} {:>10} {:>10} {:>8} {:>7} {:>8} {:>8}",
-        "round", "case", "variant", "calls/s", "p99 ms", "threads", "spares", "×calls", "×p99"
+        "{:<6} {:<8} {:<15} {:>10} {:>10} {:>8} {:>7} {:>7} {:>6} {:>8} {:>8}",
+        "round",
+        "case",
+        "variant",
+        "calls/s",
+        "p99 ms",
+        "threads",
+        "spares",
+        "cpu µs",
+        "cs",
+        "×calls",
+        "×p99"
     );
     // ratios[case][variant] = per-round (calls ratio, p99 ratio) to the baseline.
     let mut ratios: Vec<Vec<Vec<(f64, f64)>>> = cases
@@ -265,11 +312,19 @@ fn main() {
         for (c, &case) in cases.iter().enumerate() {
             let mut baseline: Option<Run> = None;
             for (v, variant) in case.variants().iter().enumerate() {
+                // The baseline always runs: the ratios need it.
+                if v > 0
+                    && variants
+                        .as_ref()
+                        .is_some_and(|o| !o.iter().any(|n| n == variant))
+                {
+                    continue;
+                }
                 let watchdog = Watchdog::arm(
                     format!("round {round} {} {variant}", case.name()),
                     Duration::from_secs(120),
                 );
-                let r = runtime.block_on(run(case, variant, calls));
+                let r = runtime.block_on(run(case, variant, case.calls(calls)));
                 drop(watchdog);
                 let base = *baseline.get_or_insert(r);
                 let ratio = (
@@ -278,7 +333,7 @@ fn main() {
                 );
                 ratios[c][v].push(ratio);
                 println!(
-                    "{:<6} {:<8} {:<15} {:>10.0} {:>10.2} {:>8} {:>7} {:>8.2} {:>8.2}",
+                    "{:<6} {:<8} {:<15} {:>10.0} {:>10.2} {:>8} {:>7} {:>7.1} {:>6.2} {:>8.2} {:>8.2}",
                     round,
                     case.name(),
                     variant,
@@ -286,6 +341,8 @@ fn main() {
                     r.p99.as_secs_f64() * 1e3,
                     r.threads,
                     r.spares,
+                    r.cpu_us,
+                    r.switches,
                     ratio.0,
                     ratio.1
                 );
@@ -301,6 +358,9 @@ fn main() {
     );
     for (c, case) in cases.iter().enumerate() {
         for (v, variant) in case.variants().iter().enumerate() {
+            if ratios[c][v].is_empty() {
+                continue; // left out by `BLOCKING_VARIANTS`
+            }
             let calls = median(ratios[c][v].iter().map(|r| r.0).collect());
             let p99 = median(ratios[c][v].iter().map(|r| r.1).collect());
             println!(

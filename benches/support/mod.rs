@@ -153,6 +153,58 @@ pub fn cpu_nanos() -> u64 {
     })
 }
 
+/// CPU time (user and system) of this whole process so far, threads that
+/// have exited included, from `/proc/self/stat`, in nanoseconds; 0 where
+/// there is no `/proc`. In clock ticks (10 ms on Linux): take differences
+/// over runs of a second or more.
+pub fn process_cpu_nanos() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    // The command name may hold spaces: fields count from after its `)`.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the file, 12 and 13 here.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    ticks * 10_000_000
+}
+
+/// Context switches per live thread, by thread id, so that a difference
+/// over a span counts the threads that started in it from zero and leaves
+/// out those that ended (see [`switches_since`]).
+pub fn switches_by_thread() -> std::collections::HashMap<u64, u64> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Default::default();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid = task.file_name().to_str()?.parse().ok()?;
+            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            let switches = status
+                .lines()
+                .filter(|line| line.contains("ctxt_switches:"))
+                .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum();
+            Some((tid, switches))
+        })
+        .collect()
+}
+
+/// The context switches of the threads alive now since `before` (taken
+/// by [`switches_by_thread`]).
+pub fn switches_since(before: &std::collections::HashMap<u64, u64>) -> u64 {
+    switches_by_thread()
+        .into_iter()
+        .map(|(tid, now)| now.saturating_sub(before.get(&tid).copied().unwrap_or(0)))
+        .sum()
+}
+
 /// The sum of `read` over file `name` of every live thread of this process.
 fn per_thread(name: &str, read: impl Fn(&str) -> u64) -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
