@@ -64,7 +64,14 @@ impl Scope {
                 let _ = CURRENT.try_with(|current| self.scope.0.set(current.replace(outer)));
             }
         }
-        let outer = CURRENT.with(|current| current.replace(self.0.take()));
+        // Empty: this scope is entered already, further out on this
+        // thread (a body's `is_end_stream` called inside its poll, say), and
+        // its contents are the current ones. Swapping them for nothing
+        // would hide the request from the code inside.
+        let Some(this) = self.0.take() else {
+            return f();
+        };
+        let outer = CURRENT.with(|current| current.replace(Some(this)));
         let _leave = Leave { scope: self, outer };
         f()
     }
@@ -128,5 +135,47 @@ impl<B: http_body::Body> http_body::Body for Scoped<'_, B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.scope.enter(|| self.body.size_hint())
+    }
+}
+
+#[cfg(all(test, not(tower_affinity_loom)))]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A watch that keeps the signal it is asked for.
+    #[derive(Default)]
+    struct Kept(Mutex<Option<Arc<Signal>>>);
+
+    impl Watch for Kept {
+        fn signal(&self, make: &mut dyn FnMut() -> Arc<Signal>) -> Arc<Signal> {
+            self.0.lock().unwrap().get_or_insert_with(make).clone()
+        }
+
+        fn existing(&self) -> Option<Arc<Signal>> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    /// User code inside a scope entered twice (the outer entry still open)
+    /// sees its request, inside and after the inner entry; outside both,
+    /// none.
+    #[test]
+    fn a_scope_entered_inside_itself_stays_current() {
+        let config = crate::ThreadAffinityLayer::builder().into_config();
+        let core = Arc::new(Core::new(config).unwrap());
+        let watch = Arc::new(Kept::default());
+        let scope = Scope::new(watch.clone(), core, None);
+        let (inner, after) = scope.enter(|| {
+            let inner = scope.enter(|| current_signal().is_some());
+            (inner, current_signal().is_some())
+        });
+        assert!(inner, "the inner entry hid the request");
+        assert!(after, "the inner entry's end hid the request");
+        assert!(current_signal().is_none(), "outside the scope");
+        assert!(watch.existing().is_some());
+        // Entered again later, it is still the same request's.
+        assert!(scope.enter(|| current_signal().is_some()));
     }
 }

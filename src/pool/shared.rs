@@ -46,7 +46,7 @@ fn take_one(left: &AtomicUsize) -> bool {
 impl Core {
     /// The shared state of a new pool, with its driver thread; the
     /// workers not yet started.
-    pub(super) fn new(config: Config) -> io::Result<Self> {
+    pub(crate) fn new(config: Config) -> io::Result<Self> {
         static POOLS: AtomicU64 = AtomicU64::new(0);
         Ok(Self {
             driver: Driver::start(&config.thread_name)?,
