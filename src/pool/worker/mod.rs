@@ -15,6 +15,13 @@
 //! more than the wake-ups it saves; with few, it halves the context switches
 //! per request (benches/http).
 
+pub(in crate::pool) mod driver;
+mod exit;
+pub(in crate::pool) mod load;
+pub(in crate::pool) mod park;
+pub(in crate::pool) mod state;
+pub(in crate::pool) mod unwind;
+
 use std::future::{poll_fn, Future};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::{pin, Pin};
@@ -25,15 +32,15 @@ use std::{io, thread};
 
 use tokio::time::{Instant, Sleep};
 
-use super::exit::{End, Exit};
-use super::idle::{Source, Taken};
-// Re-exported for `task.rs`, which imports them from here.
-pub(crate) use super::load::Active;
-pub(crate) use super::queues::Queues;
-pub(crate) use super::state::WorkerState;
-use super::unwind::guard;
-use super::{park, probe, Core, Envelope};
+use self::exit::{End, Exit};
+use self::state::WorkerState;
+use self::unwind::guard;
 use crate::error::Failure;
+use crate::pool::idle::{Source, Taken};
+use crate::pool::inner::Core;
+use crate::pool::queue::job::Envelope;
+use crate::pool::queue::Queues;
+use crate::stats::probe;
 use crate::{trace, WorkerId};
 
 /// The task serving one request, local to its worker.
@@ -318,7 +325,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::pool::Core;
 
     /// Polls `next` once for a spare (slot 1 of a pool of 1 core worker)
     /// that finds nothing to do and registers, after idling for longer than
