@@ -29,26 +29,13 @@
 //! queue bounds them.
 
 mod config;
-mod drain;
-mod driver;
 mod errand;
-mod exit;
 mod idle;
-mod inbox;
-mod job;
-mod lifecycle;
-mod load;
-mod park;
-pub(crate) mod probe;
-mod pump;
-mod queues;
-mod ready;
-mod shared;
+mod inner;
+mod queue;
+mod shutdown;
 mod spare;
-mod state;
-mod supervisor;
 mod task;
-mod unwind;
 mod worker;
 
 use std::fmt;
@@ -65,15 +52,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub(crate) use self::task::Call;
 
 use self::idle::Woken;
+use self::queue::Queues;
 use self::spare::Spares;
-use self::worker::Queues;
 use crate::error::Failure;
 use crate::stats::Stats;
 
 pub(crate) use self::config::Config;
 pub(crate) use self::errand::Wait;
-pub(crate) use self::job::{Envelope, Job, JobHandle};
-pub(crate) use self::shared::Core;
+pub(crate) use self::inner::Core;
+pub(crate) use self::queue::job::{Envelope, JobHandle};
 
 /// A handle on the pool; the threads stop when the last handle is dropped.
 #[derive(Clone)]
@@ -102,10 +89,10 @@ impl Pool {
     /// Starts `config.workers` threads (and the spares' supervisor, when
     /// the pool may grow); on failure, the threads already started end.
     pub(crate) fn launch(config: Config) -> io::Result<Self> {
-        let (shared, shared_rx) = queues::queue();
+        let (shared, shared_rx) = queue::queue();
         let core = Arc::new(Core::new(config)?);
         let (own, own_rx): (Vec<_>, Vec<_>) =
-            (0..core.config.workers).map(|_| queues::queue()).unzip();
+            (0..core.config.workers).map(|_| queue::queue()).unzip();
         let queues: Vec<Queues> = own_rx
             .into_iter()
             .enumerate()
@@ -199,7 +186,7 @@ impl Pool {
     ) -> Result<(), Failure> {
         let counters = &self.inner.core.counters;
         let (queue, permit) = match worker {
-            // An own queue is an unbounded channel (see `queues::queue`),
+            // An own queue is an unbounded channel (see `queue::queue`),
             // bounded here: callers racing here may each add one past it.
             Some(index) if self.own_queue_full(&self.inner.own[index]) => {
                 counters.rejected.fetch_add(1, Ordering::Relaxed);
@@ -274,7 +261,7 @@ impl Pool {
     /// Answers what waits in a queue no worker will take from again; the
     /// job just queued is among it, or was answered by the worker's exit.
     fn reject_stranded(&self, queue: &Receiver<Envelope>) {
-        queues::reject_queued(queue, &self.inner.core.counters, Failure::NoWorker);
+        queue::reject_queued(queue, &self.inner.core.counters, Failure::NoWorker);
     }
 
     pub(crate) fn stats(&self) -> Stats {

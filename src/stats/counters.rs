@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use super::probe;
 use super::{SpareFigures, Stats, WorkerStats};
-use crate::pool::probe;
 
 /// The live counters behind [`Stats`].
 #[derive(Debug)]

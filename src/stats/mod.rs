@@ -17,6 +17,7 @@
 //! ```
 
 mod counters;
+pub(crate) mod probe;
 
 use std::time::Duration;
 

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
-use super::Core;
+use crate::pool::inner::Core;
 use crate::stats::WorkerCounters;
 
 /// The requests one worker serves, and the event loop's waker.

@@ -13,8 +13,9 @@ use std::thread;
 
 use super::load::Load;
 use super::unwind::{drop_guarded, CountsDropPanics};
-use super::{Core, Envelope};
 use crate::error::Failure;
+use crate::pool::inner::Core;
+use crate::pool::queue::job::Envelope;
 use crate::{trace, WorkerId};
 
 /// Runs `f`; `None` if it panicked. The payload is leaked, not dropped:

@@ -3,12 +3,12 @@
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use super::driver::Driver;
+use super::config::Config;
+use super::errand::inbox::Inboxes;
 use super::idle::Idle;
-use super::inbox::Inboxes;
-use super::lifecycle::Lifecycle;
+use super::shutdown::Lifecycle;
 use super::spare::Spares;
-use super::Config;
+use super::worker::driver::Driver;
 use crate::stats::Counters;
 
 /// What the pool's handles and its worker threads share.

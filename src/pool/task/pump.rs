@@ -20,10 +20,11 @@ use std::time::{Duration, Instant as Clock};
 use http_body::Body;
 use tokio::time::Instant;
 
-use super::unwind::{drop_guarded, Guarded};
-use super::worker::Active;
 use crate::body::{FrameSender, Msg};
 use crate::error::{BoxError, Elapsed};
+use crate::pool::worker::load::Active;
+use crate::pool::worker::park;
+use crate::pool::worker::unwind::{drop_guarded, Guarded};
 use crate::trace;
 
 /// How many frames a stream queues before it yields to the worker's other
@@ -65,7 +66,7 @@ pub(super) async fn stream_body<B>(
     // Yield once before producing more: the head and first frame are out,
     // and the worker's event loop and other streams get their turn before
     // this one fills its buffer.
-    super::park::yield_now().await;
+    park::yield_now().await;
     match pump(body.as_mut(), &tx, stream, &active).await {
         Pumped::Done => trace::debug!("ended"),
         // The sender drops without an end marker: the reader gets a body
@@ -180,7 +181,7 @@ where
         };
         room = sent.room;
         if turn.is_over(sent.merged) {
-            super::park::yield_now().await;
+            park::yield_now().await;
             turn = Turn::new();
         }
     }

@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use async_channel::Receiver;
 
-use super::probe::BLOCKED_AFTER;
-use super::spare::lock;
-use super::worker::{self, Queues};
-use super::{Core, Envelope};
+use super::lock;
+use crate::pool::inner::Core;
+use crate::pool::queue::job::Envelope;
+use crate::pool::queue::Queues;
+use crate::pool::worker;
+use crate::stats::probe::BLOCKED_AFTER;
 use crate::trace;
 
 /// The longest the supervisor waits between looks while work waits.

@@ -5,9 +5,11 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use async_channel::{Receiver, Sender};
 
-use super::idle::Source;
-use super::Envelope;
+pub(super) mod job;
+
+use self::job::Envelope;
 use crate::error::Failure;
+use crate::pool::idle::Source;
 use crate::stats::Counters;
 
 /// A queue of jobs: an unbounded channel, bounded by its users (the shared

@@ -6,8 +6,10 @@ use std::time::Instant;
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::worker::{self, Active, WorkerState};
 use crate::error::Failure;
+use crate::pool::worker;
+use crate::pool::worker::load::Active;
+use crate::pool::worker::state::WorkerState;
 
 /// One request on its way to a worker, with its types erased so that one
 /// queue carries requests for every service the layer wraps. It is the
@@ -66,10 +68,10 @@ impl Drop for JobHandle {
 
 /// A job in a queue, with its admission permit.
 pub(crate) struct Envelope {
-    pub(super) job: JobHandle,
+    pub(in crate::pool) job: JobHandle,
     // Held while an unkeyed job waits in the shared queue; released when a
     // worker takes it.
-    pub(super) _permit: Option<OwnedSemaphorePermit>,
+    pub(in crate::pool) _permit: Option<OwnedSemaphorePermit>,
     // Set only when there is a queue timeout (or for the metrics' queue wait).
-    pub(super) enqueued: Option<Instant>,
+    pub(in crate::pool) enqueued: Option<Instant>,
 }

@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use super::idle::Source;
-use super::queues::reject_queued;
-use super::worker::{self, Queues};
-use super::Core;
 use crate::error::Failure;
+use crate::pool::idle::Source;
+use crate::pool::inner::Core;
+use crate::pool::queue::{reject_queued, Queues};
+use crate::pool::worker;
 use crate::trace;
 
 /// Starts in a row that may fail before a worker is given up.

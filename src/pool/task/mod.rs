@@ -7,6 +7,9 @@
 //! channel's. Either way the task returns and drops what it holds, on this
 //! thread.
 
+mod pump;
+mod ready;
+
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::Arc;
@@ -18,15 +21,18 @@ use http_body::Body;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::pump::{stream_body, Stream};
-use super::ready::{Instance, ReadyQueue, Turn};
-use super::unwind::{guard, Guarded};
-use super::worker::{Active, LocalTask, WorkerState};
-use super::{Core, Job, JobHandle};
+use self::pump::{stream_body, Stream};
+use self::ready::{Instance, ReadyQueue, Turn};
 use crate::body::Msg;
 use crate::cancel::{Scope, Scoped, Watch};
 use crate::error::{BoxError, Failure};
 use crate::future::Reply;
+use crate::pool::inner::Core;
+use crate::pool::queue::job::{Job, JobHandle};
+use crate::pool::worker::load::Active;
+use crate::pool::worker::state::WorkerState;
+use crate::pool::worker::unwind::{guard, Guarded};
+use crate::pool::worker::LocalTask;
 use crate::reply::{ReplyReceiver, ReplySender, Slot};
 use crate::service::Wrapped;
 use crate::trace::{self, Span};

@@ -6,12 +6,17 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use super::inbox::Posted;
-use super::unwind::guard;
-use super::worker::{Active, LocalTask, WorkerState};
-use super::{Job, JobHandle, Pool};
+pub(super) mod inbox;
+
+use self::inbox::Posted;
 use crate::error::Failure;
 use crate::jobs::JobError;
+use crate::pool::queue::job::{Job, JobHandle};
+use crate::pool::worker::load::Active;
+use crate::pool::worker::state::WorkerState;
+use crate::pool::worker::unwind::guard;
+use crate::pool::worker::LocalTask;
+use crate::pool::Pool;
 use crate::reply::{ReplyReceiver, ReplySender, Slot};
 use crate::WorkerId;
 

@@ -290,7 +290,7 @@ impl Idle {
 }
 
 #[cfg(all(test, tower_affinity_loom))]
-#[path = "idle_loom.rs"]
+#[path = "loom.rs"]
 mod loom_tests;
 
 #[cfg(all(test, not(tower_affinity_loom)))]

@@ -4,9 +4,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::queues::reject_queued;
-use super::Pool;
 use crate::error::Failure;
+use crate::pool::queue::reject_queued;
+use crate::pool::Pool;
 use crate::{trace, ShutdownReport};
 
 impl Pool {

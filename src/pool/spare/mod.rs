@@ -30,6 +30,8 @@
 //! the threads it has and lowers its ceiling to them, as smol's `blocking`
 //! does.
 
+mod supervisor;
+
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -38,8 +40,9 @@ use std::time::{Duration, Instant};
 
 use async_channel::Receiver;
 
-use super::supervisor;
-use super::{Config, Core, Envelope};
+use crate::pool::config::Config;
+use crate::pool::inner::Core;
+use crate::pool::queue::job::Envelope;
 use crate::stats::SpareFigures;
 use crate::trace;
 

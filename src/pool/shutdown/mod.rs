@@ -10,6 +10,8 @@
 //! atomic load; the pool wakes every event loop after setting it (see
 //! `Idle::wake_all`).
 
+mod drain;
+
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
 use tokio::sync::watch;

@@ -12,8 +12,9 @@ use std::sync::atomic::Ordering::SeqCst;
 
 use async_channel::{Receiver, Sender};
 
-use super::{Envelope, JobHandle, Pool};
 use crate::error::Failure;
+use crate::pool::queue::job::{Envelope, JobHandle};
+use crate::pool::Pool;
 
 /// The inboxes, one per worker slot.
 pub(crate) struct Inboxes {

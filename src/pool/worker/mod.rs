@@ -1,0 +1,140 @@
+//! One worker thread: a current-thread runtime with a `LocalSet`, serving
+//! many requests at once.
+//!
+//! Here the thread starts, runs and ends (`spawn`, `run`); the loop it runs
+//! is in `event_loop.rs`, and what follows its end in `exit.rs`.
+
+pub(in crate::pool) mod driver;
+mod event_loop;
+mod exit;
+pub(in crate::pool) mod load;
+pub(in crate::pool) mod park;
+pub(in crate::pool) mod state;
+pub(in crate::pool) mod unwind;
+
+use std::future::{poll_fn, Future};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::{pin, Pin};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::Poll;
+use std::{io, thread};
+
+use self::event_loop::serve;
+use self::exit::{End, Exit};
+use self::state::WorkerState;
+use self::unwind::guard;
+use crate::error::Failure;
+use crate::pool::idle::Source;
+use crate::pool::inner::Core;
+use crate::pool::queue::Queues;
+use crate::stats::probe;
+use crate::{trace, WorkerId};
+
+/// The task serving one request, local to its worker.
+pub(crate) type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
+
+/// Starts worker `index` on a new thread.
+pub(super) fn spawn(index: usize, queues: Queues, core: Arc<Core>) -> io::Result<()> {
+    if !core.may_spawn() {
+        return Err(io::Error::other(
+            "tower-affinity: thread spawn refused (test seam)",
+        ));
+    }
+    let name = format!("{}-{}", core.config.thread_name, index);
+    let id = WorkerId::new(core.id, index, name.as_str().into());
+    thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            // Decides, as the thread ends however it ends, what comes next.
+            let mut exit = Exit::new(index, queues.clone(), core.clone());
+            exit.end = run(id, &queues, &core);
+            drop(exit);
+        })
+        .map(drop)
+}
+
+/// Runs the worker until its queues close, it retires (a spare), or a
+/// panic escapes the shields around user code.
+fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> End {
+    id.enter();
+    let index = id.index();
+    core.counters
+        .worker(index)
+        .tid
+        .store(probe::current_tid(), Relaxed);
+    if let Some(hook) = &core.config.on_thread_start {
+        let _ = guard(|| hook(&id));
+    }
+    if let Err(error) = core.start_worker() {
+        stop_hook(core, &id);
+        return End::FailedStart(error);
+    }
+    // User code on this thread sees the driver's runtime as current, as
+    // code under `spawn_blocking` sees its runtime's, and is not inside a
+    // `block_on` (see `park.rs`).
+    let _entered = core.driver.handle().enter();
+    core.counters.worker(index).started();
+    let local = tokio::task::LocalSet::new();
+    let state = WorkerState::new(id, core.clone());
+    // The idle list and an abort wake this loop through this waker, the
+    // thread's own for its life.
+    let (waker, unpark) = park::waker();
+    core.idle.set_waker(index, Some(&waker));
+    // A panic that escapes the shields (a panic payload whose `Drop`
+    // panics, say) must not unwind through the services and tasks: a
+    // second panic in one of their `Drop`s would abort the process.
+    let served = catch_unwind(AssertUnwindSafe(|| {
+        let serving = local.run_until(async {
+            let mut serving = pin!(serve(queues, &state));
+            poll_fn(|cx| {
+                if core.lifecycle.is_aborting() {
+                    return Poll::Ready(false);
+                }
+                serving.as_mut().poll(cx)
+            })
+            .await
+        });
+        let mut serving = pin!(serving);
+        // The whole poll counts as user code for the blocked probe, so that
+        // tasks handlers spawn with `spawn_local` count too; the loop's own
+        // turns clear the mark (`next_job`).
+        let polled = poll_fn(|cx| {
+            let _polling = core.counters.polling(index);
+            serving.as_mut().poll(cx)
+        });
+        park::block_on(polled, &waker, &unpark)
+    }));
+    let end = match served {
+        Ok(true) => End::Retired,
+        Ok(false) => End::Finished,
+        Err(payload) => {
+            trace::warning!(worker = index, "a panic escaped; the thread ends");
+            core.counters.worker(index).panicked.fetch_add(1, Relaxed);
+            let _ = guard(move || drop(payload));
+            End::Died
+        }
+    };
+    // Only after an abort can jobs be left in closed queues. (A spare that
+    // retires, and a thread that dies, leave the open queues to the others
+    // and to the replacement.)
+    if matches!(end, End::Finished) {
+        while let Some(envelope) = queues.take_own().or_else(|| queues.take_shared()) {
+            state.reject(envelope, Failure::ShutDown);
+        }
+    }
+    // One guarded cleanup, however the loop ended. Tasks still in the set
+    // (none after a clean drain) are dropped first, on this thread, before
+    // the services they may point to; their bodies end with an error, as
+    // their channels close without an end marker.
+    let _ = guard(move || drop(local));
+    state.drop_services();
+    stop_hook(core, &state.id);
+    end
+}
+
+fn stop_hook(core: &Core, id: &WorkerId) {
+    if let Some(hook) = &core.config.on_thread_stop {
+        let _ = guard(|| hook(id));
+    }
+}
