@@ -12,7 +12,7 @@ use tokio::sync::{AcquireError, OwnedSemaphorePermit};
 use tokio::time::Sleep;
 
 use crate::error::Failure;
-use crate::pool::{Core, JobHandle, Pool};
+use crate::pool::{Inner, JobHandle, Pool};
 use crate::reply::ReplyReceiver;
 use crate::trace;
 use crate::ThreadAffinityBody;
@@ -86,18 +86,18 @@ impl Admit {
 pub(crate) struct QueueTimeout {
     // Boxed: most requests have no queue timeout, and `Sleep` is large.
     sleep: Pin<Box<Sleep>>,
-    core: Arc<Core>,
+    inner: Arc<Inner>,
 }
 
 impl QueueTimeout {
     /// A timer on the caller's runtime, or `None` off a Tokio runtime (the
     /// worker then checks the timeout when it takes the job).
-    pub(crate) fn start(core: &Arc<Core>) -> Option<Self> {
-        let timeout = core.config.queue_timeout?;
+    pub(crate) fn start(inner: &Arc<Inner>) -> Option<Self> {
+        let timeout = inner.config.queue_timeout?;
         tokio::runtime::Handle::try_current().ok()?;
         Some(Self {
             sleep: Box::pin(tokio::time::sleep(timeout)),
-            core: core.clone(),
+            inner: inner.clone(),
         })
     }
 
@@ -112,7 +112,7 @@ impl QueueTimeout {
 
     /// Counts a request answered for its timeout, and its answer.
     pub(crate) fn answer(&self) -> Failure {
-        self.core.counters.timed_out.fetch_add(1, Relaxed);
+        self.inner.counters.timed_out.fetch_add(1, Relaxed);
         trace::debug!("queue timeout elapsed");
         Failure::TimedOut
     }

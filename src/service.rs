@@ -12,7 +12,7 @@ use tower_service::Service;
 
 use crate::error::{BoxError, Failure};
 use crate::future::{Admit, QueueTimeout, ResponseFuture};
-use crate::pool::{Call, Core, Pool};
+use crate::pool::{Call, Inner, Pool};
 use crate::trace;
 use crate::{Overload, ThreadAffinityBody, WorkerId};
 
@@ -64,12 +64,12 @@ pub(crate) struct Wrapped<S> {
     // Told when the last handle and queued job are gone, so that each
     // worker drops its instance. Not the pool itself: that would keep its
     // queues open.
-    core: Arc<Core>,
+    inner: Arc<Inner>,
 }
 
 impl<S> Drop for Wrapped<S> {
     fn drop(&mut self) {
-        self.core.retire_service();
+        self.inner.retire_service();
     }
 }
 
@@ -113,7 +113,7 @@ impl<S> ThreadAffinity<S> {
             shared: Arc::new(Wrapped {
                 id: pool.next_service_id(),
                 factory: Box::new(factory),
-                core: pool.core().clone(),
+                inner: pool.inner().clone(),
             }),
             pool,
         }
@@ -205,7 +205,7 @@ where
             // pool shows as a full queue). So the queue timeout bounds this
             // wait too: past it, `call` answers `503`.
             if self.waited.is_none() {
-                self.waited = QueueTimeout::start(self.pool.core());
+                self.waited = QueueTimeout::start(self.pool.inner());
             }
             let Some(waited) = &mut self.waited else {
                 return Poll::Pending;
@@ -245,7 +245,7 @@ where
                 Err(TryAcquireError::NoPermits) => {
                     // The shared queue is full: the response future waits
                     // for a place, as `poll_ready` would have.
-                    let timeout = waited.or_else(|| QueueTimeout::start(pool.core()));
+                    let timeout = waited.or_else(|| QueueTimeout::start(pool.inner()));
                     return ResponseFuture::admitting(Admit::new(job, pool.clone()), rx, timeout);
                 }
             },
@@ -256,7 +256,7 @@ where
         match pool.submit(job, permit, worker) {
             Ok(()) => {
                 trace::debug!(?worker, "enqueued");
-                let timeout = waited.or_else(|| QueueTimeout::start(pool.core()));
+                let timeout = waited.or_else(|| QueueTimeout::start(pool.inner()));
                 ResponseFuture::waiting(rx, timeout)
             }
             Err(failure) => {

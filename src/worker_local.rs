@@ -49,7 +49,7 @@ use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::{Arc, Weak};
 
-use crate::pool::{Core, Pool};
+use crate::pool::{Inner, Pool};
 use crate::WorkerId;
 
 thread_local! {
@@ -80,7 +80,7 @@ struct Shared<T> {
     id: u64,
     factory: Factory<T>,
     // Told when the last clone goes, so that every worker drops its value.
-    core: Arc<Core>,
+    inner: Arc<Inner>,
     // The values live on the workers only: the handle is `Send` and `Sync`
     // whatever `T` is.
     _values: PhantomData<fn() -> T>,
@@ -95,7 +95,7 @@ impl<T: 'static> WorkerLocal<T> {
             shared: Arc::new(Shared {
                 id: pool.next_service_id(),
                 factory: Box::new(factory),
-                core: pool.core().clone(),
+                inner: pool.inner().clone(),
                 _values: PhantomData,
             }),
         }
@@ -107,7 +107,7 @@ impl<T: 'static> WorkerLocal<T> {
     /// `f` runs, so `f` may use other `WorkerLocal`s, or this one again.
     pub fn with<R>(&self, f: impl FnOnce(&T) -> R) -> Option<R> {
         let worker = WorkerId::current()?;
-        if !worker.is(self.shared.core.id, worker.index()) {
+        if !worker.is(self.shared.inner.id, worker.index()) {
             return None;
         }
         let value = self.value(&worker);
@@ -178,7 +178,7 @@ impl<T> Clone for WorkerLocal<T> {
 
 impl<T> Drop for Shared<T> {
     fn drop(&mut self) {
-        self.core.retire_service();
+        self.inner.retire_service();
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::signal::Signal;
-use crate::pool::Core;
+use crate::pool::Inner;
 
 thread_local! {
     static CURRENT: Cell<Option<Current>> = const { Cell::new(None) };
@@ -34,7 +34,7 @@ pub(crate) trait Watch: Send + Sync {
 /// What a request's signal is made from.
 struct Current {
     watch: Arc<dyn Watch>,
-    core: Arc<Core>,
+    inner: Arc<Inner>,
     deadline: Option<Instant>,
 }
 
@@ -42,10 +42,10 @@ struct Current {
 pub(crate) struct Scope(Cell<Option<Current>>);
 
 impl Scope {
-    pub(crate) fn new(watch: Arc<dyn Watch>, core: Arc<Core>, deadline: Option<Instant>) -> Self {
+    pub(crate) fn new(watch: Arc<dyn Watch>, inner: Arc<Inner>, deadline: Option<Instant>) -> Self {
         Self(Cell::new(Some(Current {
             watch,
-            core,
+            inner,
             deadline,
         })))
     }
@@ -96,7 +96,7 @@ pub(crate) fn current_signal() -> Option<Arc<Signal>> {
         let current = cell.take()?;
         let signal = current
             .watch
-            .signal(&mut || Signal::new(current.core.clone(), current.deadline));
+            .signal(&mut || Signal::new(current.inner.clone(), current.deadline));
         cell.set(Some(current));
         Some(signal)
     })
@@ -164,14 +164,14 @@ mod tests {
     #[test]
     fn a_scope_entered_inside_itself_stays_current() {
         let config = crate::ThreadAffinityLayer::builder().into_config();
-        let core = Arc::new(Core::new(config).unwrap());
+        let pool = Arc::new(Inner::new(config).unwrap());
         let watch = Arc::new(Kept::default());
-        let scope = Scope::new(watch.clone(), core, None);
-        let (inner, after) = scope.enter(|| {
-            let inner = scope.enter(|| current_signal().is_some());
-            (inner, current_signal().is_some())
+        let scope = Scope::new(watch.clone(), pool, None);
+        let (nested, after) = scope.enter(|| {
+            let nested = scope.enter(|| current_signal().is_some());
+            (nested, current_signal().is_some())
         });
-        assert!(inner, "the inner entry hid the request");
+        assert!(nested, "the inner entry hid the request");
         assert!(after, "the inner entry's end hid the request");
         assert!(current_signal().is_none(), "outside the scope");
         assert!(watch.existing().is_some());

@@ -9,7 +9,7 @@ use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::pool::Core;
+use crate::pool::Inner;
 
 /// What [`Cancellation`](super::Cancellation) shares with the request's
 /// reply slot and frame channel, whichever holds the caller's end.
@@ -20,16 +20,16 @@ pub(crate) struct Signal {
     /// When the response deadline cuts the request, if there is one.
     deadline: Option<Instant>,
     // Its lifecycle says when a shutdown aborts.
-    core: Arc<Core>,
+    inner: Arc<Inner>,
 }
 
 impl Signal {
-    pub(crate) fn new(core: Arc<Core>, deadline: Option<Instant>) -> Arc<Self> {
+    pub(crate) fn new(inner: Arc<Inner>, deadline: Option<Instant>) -> Arc<Self> {
         Arc::new(Self {
             fired: AtomicBool::new(false),
             waiters: Mutex::default(),
             deadline,
-            core,
+            inner,
         })
     }
 
@@ -51,7 +51,7 @@ impl Signal {
 
     pub(crate) fn is_cut(&self) -> bool {
         self.fired.load(SeqCst)
-            || self.core.lifecycle.is_aborting()
+            || self.inner.lifecycle.is_aborting()
             || self.deadline.is_some_and(|at| Instant::now() >= at)
     }
 
@@ -78,7 +78,7 @@ impl Signal {
     /// waiter's to keep (a timer here would need a running runtime, and the
     /// worker's is blocked while its thread waits in user code).
     pub(crate) async fn fired_or_aborted(&self) {
-        let mut aborted = pin!(self.core.lifecycle.aborted());
+        let mut aborted = pin!(self.inner.lifecycle.aborted());
         poll_fn(|cx| {
             if self.poll_fired(cx).is_ready() || aborted.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(());

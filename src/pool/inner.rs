@@ -12,7 +12,7 @@ use super::worker::driver::Driver;
 use crate::stats::Counters;
 
 /// What the pool's handles and its worker threads share.
-pub(crate) struct Core {
+pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) counters: Counters,
     pub(crate) lifecycle: Lifecycle,
@@ -43,7 +43,7 @@ fn take_one(left: &AtomicUsize) -> bool {
         .is_ok()
 }
 
-impl Core {
+impl Inner {
     /// The shared state of a new pool, with its driver thread; the
     /// workers not yet started.
     pub(crate) fn new(config: Config) -> io::Result<Self> {

@@ -59,13 +59,13 @@ use crate::stats::Stats;
 
 pub(crate) use self::config::Config;
 pub(crate) use self::errand::Wait;
-pub(crate) use self::inner::Core;
+pub(crate) use self::inner::Inner;
 pub(crate) use self::queue::job::{Envelope, JobHandle};
 
 /// A handle on the pool; the threads stop when the last handle is dropped.
 #[derive(Clone)]
 pub(crate) struct Pool {
-    inner: Arc<Dispatch>,
+    dispatch: Arc<Dispatch>,
 }
 
 /// The request side of the pool: the queues' senders and admission.
@@ -82,7 +82,7 @@ struct Dispatch {
     // one worker on every server; stable for the life of the pool.
     seed: RandomState,
     next_service: AtomicU64,
-    core: Arc<Core>,
+    inner: Arc<Inner>,
 }
 
 impl Pool {
@@ -90,14 +90,14 @@ impl Pool {
     /// the pool may grow); on failure, the threads already started end.
     pub(crate) fn launch(config: Config) -> io::Result<Self> {
         let (shared, shared_rx) = queue::queue();
-        let core = Arc::new(Core::new(config)?);
+        let inner = Arc::new(Inner::new(config)?);
         let (own, own_rx): (Vec<_>, Vec<_>) =
-            (0..core.config.workers).map(|_| queue::queue()).unzip();
+            (0..inner.config.workers).map(|_| queue::queue()).unzip();
         let queues: Vec<Queues> = own_rx
             .into_iter()
             .enumerate()
             .map(|(index, rx)| {
-                Queues::core(rx, shared_rx.clone()).with_inbox(core.inboxes.receiver(index))
+                Queues::core(rx, shared_rx.clone()).with_inbox(inner.inboxes.receiver(index))
             })
             .collect();
         // Made before the threads: if one fails to start, dropping this
@@ -106,47 +106,47 @@ impl Pool {
             shared,
             own,
             queues: queues.clone(),
-            admission: Arc::new(Semaphore::new(core.config.queue_capacity)),
+            admission: Arc::new(Semaphore::new(inner.config.queue_capacity)),
             seed: RandomState::new(),
             next_service: AtomicU64::new(0),
-            core: core.clone(),
+            inner: inner.clone(),
         };
         for (index, queues) in queues.into_iter().enumerate() {
-            core.lifecycle.spawning(|| false);
-            let counters = core.counters.worker(index);
+            inner.lifecycle.spawning(|| false);
+            let counters = inner.counters.worker(index);
             counters.alive.store(true, Ordering::SeqCst);
-            if let Err(error) = worker::spawn(index, queues, core.clone()) {
+            if let Err(error) = worker::spawn(index, queues, inner.clone()) {
                 counters.alive.store(false, Ordering::SeqCst);
-                core.lifecycle.exited();
+                inner.lifecycle.exited();
                 return Err(error);
             }
         }
-        Spares::supervise(&core, shared_rx);
+        Spares::supervise(&inner, shared_rx);
         Ok(Self {
-            inner: Arc::new(dispatch),
+            dispatch: Arc::new(dispatch),
         })
     }
 
     pub(crate) fn config(&self) -> &Config {
-        &self.inner.core.config
+        &self.dispatch.inner.config
     }
 
     pub(crate) fn id(&self) -> u64 {
-        self.inner.core.id
+        self.dispatch.inner.id
     }
 
-    pub(crate) fn core(&self) -> &Arc<Core> {
-        &self.inner.core
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.dispatch.inner
     }
 
     /// The semaphore whose permits admit requests to the queues.
     pub(crate) fn admission(&self) -> Arc<Semaphore> {
-        self.inner.admission.clone()
+        self.dispatch.admission.clone()
     }
 
     /// A fresh id for a wrapped service: each worker keeps one instance per id.
     pub(crate) fn next_service_id(&self) -> u64 {
-        self.inner.next_service.fetch_add(1, Ordering::Relaxed)
+        self.dispatch.next_service.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The worker a request is pinned to by its affinity key, if it has one.
@@ -155,7 +155,7 @@ impl Pool {
             return (request, None);
         };
         let (parts, body) = request.into_parts();
-        let worker = key(&parts, &self.inner.seed).map(|hash| self.live(hash));
+        let worker = key(&parts, &self.dispatch.seed).map(|hash| self.live(hash));
         (Request::from_parts(parts, body), worker)
     }
 
@@ -163,9 +163,9 @@ impl Pool {
     /// given up (its thread could not be restarted), the next live one.
     /// Its keys lose their per-thread state there; no key moves otherwise.
     fn live(&self, hash: u64) -> usize {
-        let workers = self.inner.own.len();
+        let workers = self.dispatch.own.len();
         let home = (hash % workers as u64) as usize;
-        let counters = &self.inner.core.counters;
+        let counters = &self.dispatch.inner.counters;
         (0..workers)
             .map(|step| (home + step) % workers)
             .find(|&index| counters.worker(index).alive.load(Ordering::Relaxed))
@@ -184,26 +184,26 @@ impl Pool {
         permit: Option<OwnedSemaphorePermit>,
         worker: Option<usize>,
     ) -> Result<(), Failure> {
-        let counters = &self.inner.core.counters;
+        let counters = &self.dispatch.inner.counters;
         let (queue, permit) = match worker {
             // An own queue is an unbounded channel (see `queue::queue`),
             // bounded here: callers racing here may each add one past it.
-            Some(index) if self.own_queue_full(&self.inner.own[index]) => {
+            Some(index) if self.own_queue_full(&self.dispatch.own[index]) => {
                 counters.rejected.fetch_add(1, Ordering::Relaxed);
                 return Err(Failure::Overloaded);
             }
-            Some(index) => (&self.inner.own[index], None),
+            Some(index) => (&self.dispatch.own[index], None),
             None => {
                 let permit = permit.or_else(|| self.admission().try_acquire_owned().ok());
                 if permit.is_none() {
                     counters.rejected.fetch_add(1, Ordering::Relaxed);
-                    return Err(if self.inner.shared.is_closed() {
+                    return Err(if self.dispatch.shared.is_closed() {
                         Failure::ShutDown
                     } else {
                         Failure::Overloaded
                     });
                 }
-                (&self.inner.shared, permit)
+                (&self.dispatch.shared, permit)
             }
         };
         let envelope = Envelope {
@@ -215,31 +215,31 @@ impl Pool {
         match queue.try_send(envelope) {
             Ok(()) => {
                 counters.admitted.fetch_add(1, Ordering::Relaxed);
-                let core = &self.inner.core;
+                let inner = &self.dispatch.inner;
                 // Woken: a live worker will take the job. Else the queue may
                 // have no worker left (a given-up one's, or the shared
                 // queue of a pool whose core workers were all given up):
                 // read after the job is queued (`Idle::wake` and
                 // `wake_any` begin with a `SeqCst` fence), as `exit.rs`
                 // marks a worker given up before it answers its queue.
-                let queues = &self.inner.queues;
+                let queues = &self.dispatch.queues;
                 match worker {
                     Some(index) => {
-                        let woken = core.idle.wake(index);
+                        let woken = inner.idle.wake(index);
                         if !woken && !counters.worker(index).alive.load(Ordering::SeqCst) {
                             if let Some(own) = queues[index].own() {
                                 self.reject_stranded(own);
                             }
                         }
                     }
-                    None => match core.idle.wake_any(|i| counters.worker(i).is_polling()) {
+                    None => match inner.idle.wake_any(|i| counters.worker(i).is_polling()) {
                         Woken::Free => {}
-                        Woken::Nobody if core.all_given_up() => {
-                            self.reject_stranded(self.inner.shared_queue());
+                        Woken::Nobody if inner.all_given_up() => {
+                            self.reject_stranded(self.dispatch.shared_queue());
                         }
                         // Every worker is busy, or the one woken is inside
                         // a poll of user code: maybe blocked there.
-                        Woken::Nobody | Woken::Busy => core.spares.nudge(),
+                        Woken::Nobody | Woken::Busy => inner.spares.nudge(),
                     },
                 }
                 Ok(())
@@ -261,16 +261,16 @@ impl Pool {
     /// Answers what waits in a queue no worker will take from again; the
     /// job just queued is among it, or was answered by the worker's exit.
     fn reject_stranded(&self, queue: &Receiver<Envelope>) {
-        queue::reject_queued(queue, &self.inner.core.counters, Failure::NoWorker);
+        queue::reject_queued(queue, &self.dispatch.inner.counters, Failure::NoWorker);
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        let inner = &self.inner;
-        inner.core.counters.snapshot(
-            inner.own.len(),
-            inner.shared.len(),
-            |index| inner.own[index].len(),
-            inner.core.spares.figures(),
+        let dispatch = &self.dispatch;
+        dispatch.inner.counters.snapshot(
+            dispatch.own.len(),
+            dispatch.shared.len(),
+            |index| dispatch.own[index].len(),
+            dispatch.inner.spares.figures(),
         )
     }
 }
@@ -292,8 +292,8 @@ impl Dispatch {
             queue.close();
         }
         self.admission.close();
-        self.core.idle.wake_all();
-        self.core.spares.stop();
+        self.inner.idle.wake_all();
+        self.inner.spares.stop();
     }
 }
 
@@ -306,8 +306,8 @@ impl Drop for Dispatch {
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
-            .field("config", &self.inner.core.config)
-            .field("queued", &self.inner.shared.len())
+            .field("config", &self.dispatch.inner.config)
+            .field("queued", &self.dispatch.shared.len())
             .finish()
     }
 }

@@ -45,23 +45,28 @@ pub(crate) enum Posted {
 impl Pool {
     /// The core worker a key goes to: the hash `affinity_key` uses.
     pub(crate) fn worker_for<K: std::hash::Hash>(&self, key: &K) -> usize {
-        self.live(self.inner.seed.hash_one(key))
+        self.live(self.dispatch.seed.hash_one(key))
     }
 
     /// Whether worker slot `index` has a thread now.
     pub(crate) fn is_alive(&self, index: usize) -> bool {
-        self.inner.core.counters.worker(index).alive.load(SeqCst)
+        self.dispatch
+            .inner
+            .counters
+            .worker(index)
+            .alive
+            .load(SeqCst)
     }
 
     /// Gives `job` to worker `index`'s inbox and wakes that worker.
     pub(crate) fn post(&self, index: usize, job: JobHandle) -> Result<Posted, Failure> {
-        let core = &self.inner.core;
-        if self.inner.shared.is_closed() {
+        let inner = &self.dispatch.inner;
+        if self.dispatch.shared.is_closed() {
             return Err(Failure::ShutDown);
         }
-        let (inbox, _) = &core.inboxes.slots[index];
-        if inbox.len() >= core.config.queue_capacity {
-            core.counters.rejected.fetch_add(1, SeqCst);
+        let (inbox, _) = &inner.inboxes.slots[index];
+        if inbox.len() >= inner.config.queue_capacity {
+            inner.counters.rejected.fetch_add(1, SeqCst);
             return Err(Failure::Overloaded);
         }
         let envelope = Envelope {
@@ -72,13 +77,13 @@ impl Pool {
         if inbox.try_send(envelope).is_err() {
             return Err(Failure::ShutDown);
         }
-        if core.idle.wake(index) {
+        if inner.idle.wake(index) {
             return Ok(Posted::Queued);
         }
         // Read after the job is queued (`wake` begins with a fence): a
         // worker that finished, or a spare that retired, before it did
         // never looks again; one that ends after it takes the job first.
-        if self.inner.shared.is_closed() {
+        if self.dispatch.shared.is_closed() {
             return Ok(Posted::Stranded(Failure::ShutDown));
         }
         if !self.is_alive(index) {

@@ -15,10 +15,10 @@ impl Pool {
     /// makes the workers drop what they hold, and returns within
     /// [`ABORT_GRACE`] even if some workers are stuck in user code.
     pub(crate) async fn shutdown(&self, deadline: Option<Duration>) -> ShutdownReport {
-        let lifecycle = &self.inner.core.lifecycle;
+        let lifecycle = &self.dispatch.inner.lifecycle;
         lifecycle.drain();
         // Callers waiting in `poll_ready` wake up and get 503 from `call`.
-        self.inner.close();
+        self.dispatch.close();
         let Some(deadline) = deadline else {
             lifecycle.all_exited().await;
             return ShutdownReport::complete();
@@ -31,21 +31,26 @@ impl Pool {
         }
         lifecycle.abort();
         // Parked workers see the abort only when woken.
-        self.inner.core.idle.wake_all();
+        self.dispatch.inner.idle.wake_all();
         // A worker stuck in a handler cannot answer its queue: answer here.
         // Each job leaves a queue once, so this and the workers never both
         // answer one.
-        let counters = &self.inner.core.counters;
-        for own in self.inner.queues.iter().filter_map(|queues| queues.own()) {
+        let counters = &self.dispatch.inner.counters;
+        for own in self
+            .dispatch
+            .queues
+            .iter()
+            .filter_map(|queues| queues.own())
+        {
             reject_queued(own, counters, Failure::ShutDown);
         }
-        reject_queued(self.inner.shared_queue(), counters, Failure::ShutDown);
+        reject_queued(self.dispatch.shared_queue(), counters, Failure::ShutDown);
         // Workers that are not stuck drop what they hold and end within a
         // moment; the stuck ones end on their own when their handlers
         // return, dropping what they hold on their own thread.
         let _ = tokio::time::timeout(ABORT_GRACE, lifecycle.all_exited()).await;
         // Spares included: a stuck spare holds its thread as a core worker does.
-        let stuck: Vec<usize> = (0..self.inner.core.config.max_workers)
+        let stuck: Vec<usize> = (0..self.dispatch.inner.config.max_workers)
             .filter(|&index| {
                 let worker = counters.worker(index);
                 worker.alive.load(Ordering::SeqCst) && worker.is_polling()

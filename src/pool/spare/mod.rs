@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use async_channel::Receiver;
 
 use crate::pool::config::Config;
-use crate::pool::inner::Core;
+use crate::pool::inner::Inner;
 use crate::pool::queue::job::Envelope;
 use crate::stats::SpareFigures;
 use crate::trace;
@@ -91,18 +91,18 @@ impl Spares {
     }
 
     /// Starts the supervisor thread, when the pool may grow.
-    pub(crate) fn supervise(core: &Arc<Core>, shared: Receiver<Envelope>) {
-        if core.config.max_workers <= core.config.workers {
+    pub(crate) fn supervise(inner: &Arc<Inner>, shared: Receiver<Envelope>) {
+        if inner.config.max_workers <= inner.config.workers {
             return;
         }
-        let name = format!("{}-spares", core.config.thread_name);
-        let core2 = core.clone();
+        let name = format!("{}-spares", inner.config.thread_name);
+        let inner2 = inner.clone();
         if let Err(error) = thread::Builder::new()
             .name(name)
-            .spawn(move || supervisor::run(&core2, &shared))
+            .spawn(move || supervisor::run(&inner2, &shared))
         {
             // Without a supervisor the pool is a fixed one: say so.
-            core.spares.refused(core.config.workers, &error);
+            inner.spares.refused(inner.config.workers, &error);
         }
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use async_channel::Receiver;
 
 use super::lock;
-use crate::pool::inner::Core;
+use crate::pool::inner::Inner;
 use crate::pool::queue::job::Envelope;
 use crate::pool::queue::Queues;
 use crate::pool::worker;
@@ -112,8 +112,8 @@ impl Pace {
 
 /// The supervisor thread: parked until work waits with no worker free,
 /// then looking while it does.
-pub(super) fn run(core: &Arc<Core>, shared: &Receiver<Envelope>) {
-    let spares = &core.spares;
+pub(super) fn run(inner: &Arc<Inner>, shared: &Receiver<Envelope>) {
+    let spares = &inner.spares;
     let mut seen = Seen {
         blocked_before: false,
     };
@@ -137,7 +137,7 @@ pub(super) fn run(core: &Arc<Core>, shared: &Receiver<Envelope>) {
                 }
                 spares.armed.store(true, SeqCst);
             }
-            pace.looked(grow(core, shared, &mut seen));
+            pace.looked(grow(inner, shared, &mut seen));
         }
     }
 }
@@ -171,23 +171,23 @@ pub(super) fn run(core: &Arc<Core>, shared: &Receiver<Envelope>) {
 /// worker that computes is not blocked, so CPU-bound handlers never grow
 /// the pool; and a spare that computes counts as able at once, so one
 /// blocked worker among computing ones gets one spare, not a doubling.
-fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, seen: &mut Seen) -> Look {
-    let (spares, counters) = (&core.spares, &core.counters);
+fn grow(inner: &Arc<Inner>, shared: &Receiver<Envelope>, seen: &mut Seen) -> Look {
+    let (spares, counters) = (&inner.spares, &inner.counters);
     let blocked_before = std::mem::replace(&mut seen.blocked_before, false);
     let busy = |index: usize| counters.worker(index).is_polling();
     // A waiting worker that registered, then went into a poll of user code
     // in the same turn of its loop, still has its bit set: it is not free.
-    if core.idle.anyone_free(busy) {
+    if inner.idle.anyone_free(busy) {
         return Look::default();
     }
-    let running: Vec<usize> = (0..core.config.max_workers)
+    let running: Vec<usize> = (0..inner.config.max_workers)
         .filter(|&index| counters.worker(index).alive.load(SeqCst))
         .collect();
     // Threads between two polls: as many as core workers, and a spare
     // only adds a thread competing for the same CPUs (quick handlers that
     // outrun the CPUs keep every worker busy without any being free).
     let between = running.iter().filter(|&&index| !busy(index)).count();
-    if between >= core.config.workers {
+    if between >= inner.config.workers {
         return Look::default();
     }
     // Atomics first: blocking is news only once a poll has lasted
@@ -230,7 +230,7 @@ fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, seen: &mut Seen) -> Look 
     }
     seen.blocked_before = long_blocked > 0;
     let spares_running = usize::try_from(spares.running()).unwrap_or(usize::MAX);
-    if long_blocked == 0 || between + computing >= core.config.workers || spares_running >= blocked
+    if long_blocked == 0 || between + computing >= inner.config.workers || spares_running >= blocked
     {
         return Look::default();
     }
@@ -249,7 +249,7 @@ fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, seen: &mut Seen) -> Look 
     }
     let mut started = 0;
     let more = blocked.saturating_add(spares_running).min(wanted);
-    while started < more && start(core, shared, running.len() + started) {
+    while started < more && start(inner, shared, running.len() + started) {
         started += 1;
     }
     Look {
@@ -259,21 +259,21 @@ fn grow(core: &Arc<Core>, shared: &Receiver<Envelope>, seen: &mut Seen) -> Look 
 }
 
 /// Starts one spare; `false` if none could start.
-fn start(core: &Arc<Core>, shared: &Receiver<Envelope>, threads: usize) -> bool {
-    let spares = &core.spares;
+fn start(inner: &Arc<Inner>, shared: &Receiver<Envelope>, threads: usize) -> bool {
+    let spares = &inner.spares;
     let Some(index) = lock(&spares.free).pop() else {
         return false;
     };
     // Not once the queues closed: a spare must not outlive a shutdown.
-    if !core.lifecycle.spawning(|| shared.is_closed()) {
+    if !inner.lifecycle.spawning(|| shared.is_closed()) {
         lock(&spares.free).push(index);
         return false;
     }
-    let counters = core.counters.worker(index);
+    let counters = inner.counters.worker(index);
     counters.alive.store(true, SeqCst);
     counters.used.store(true, SeqCst);
-    let queues = Queues::spare(shared.clone()).with_inbox(core.inboxes.receiver(index));
-    match worker::spawn(index, queues, core.clone()) {
+    let queues = Queues::spare(shared.clone()).with_inbox(inner.inboxes.receiver(index));
+    match worker::spawn(index, queues, inner.clone()) {
         Ok(()) => {
             spares.started.fetch_add(1, Relaxed);
             trace::info!(
@@ -285,7 +285,7 @@ fn start(core: &Arc<Core>, shared: &Receiver<Envelope>, threads: usize) -> bool 
         }
         Err(error) => {
             counters.alive.store(false, SeqCst);
-            core.lifecycle.exited();
+            inner.lifecycle.exited();
             lock(&spares.free).push(index);
             spares.refused(threads, &error);
             false

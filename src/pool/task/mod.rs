@@ -27,7 +27,7 @@ use crate::body::Msg;
 use crate::cancel::{Scope, Scoped, Watch};
 use crate::error::{BoxError, Failure};
 use crate::future::Reply;
-use crate::pool::inner::Core;
+use crate::pool::inner::Inner;
 use crate::pool::queue::job::{Job, JobHandle};
 use crate::pool::worker::load::Active;
 use crate::pool::worker::state::WorkerState;
@@ -98,7 +98,7 @@ where
             return Box::pin(std::future::ready(()));
         };
         request.extensions_mut().insert(worker.id().clone());
-        let config = &worker.core().config;
+        let config = &worker.inner().config;
         let limits = Limits {
             body_buffer: config.body_buffer,
             deadline: config.response_deadline,
@@ -116,14 +116,14 @@ where
             // A zero-sized future: boxing it allocates nothing.
             return Box::pin(std::future::ready(()));
         };
-        let core = worker.core().clone();
+        let inner = worker.inner().clone();
         let task = span.instrument(serve(
             service,
             request,
             reply,
             limits,
             active,
-            (watch, core),
+            (watch, inner),
         ));
         Box::pin(task)
     }
@@ -161,7 +161,7 @@ async fn serve<S, B, ResBody>(
     reply: ReplySender<Reply<S::Error>>,
     limits: Limits,
     active: Active,
-    (watch, core): (Arc<dyn Watch>, Arc<Core>),
+    (watch, inner): (Arc<dyn Watch>, Arc<Inner>),
 ) where
     S: Service<Request<B>, Response = Response<ResBody>>,
     ResBody: Body,
@@ -172,7 +172,7 @@ async fn serve<S, B, ResBody>(
         .deadline
         .and_then(|deadline| Instant::now().checked_add(deadline));
     // User code below runs in this request's scope (see `cancel`).
-    let scope = Scope::new(watch, core, deadline.map(Instant::into_std));
+    let scope = Scope::new(watch, inner, deadline.map(Instant::into_std));
     let Some((future, reply)) = ready_and_call(service, request, reply, &active, &scope).await
     else {
         return;

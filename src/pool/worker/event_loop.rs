@@ -43,7 +43,7 @@ enum Next {
 /// The event loop: admit jobs while there is room, then drain on shutdown;
 /// `true` if this spare retired.
 pub(super) async fn serve(queues: &Queues, state: &WorkerState) -> bool {
-    let max = state.core.config.max_streams_per_worker;
+    let max = state.inner.config.max_streams_per_worker;
     let mut admitted = 0usize;
     let mut idle = IdleTimer::default();
     let retired = loop {
@@ -53,7 +53,7 @@ pub(super) async fn serve(queues: &Queues, state: &WorkerState) -> bool {
             Next::Finished => break false,
             Next::Retire => break true,
         };
-        if queues.shared().is_closed() && !state.core.lifecycle.phase().serves_queued() {
+        if queues.shared().is_closed() && !state.inner.lifecycle.phase().serves_queued() {
             // Every handle is gone: answer what is still queued, take no more.
             state.reject(envelope, Failure::ShutDown);
             continue;
@@ -84,17 +84,17 @@ struct IdleTimer {
 /// The next job (see `Idle::take`), or the end. A spare with nothing to
 /// serve for its keep-alive retires.
 async fn next_job(queues: &Queues, state: &WorkerState, idle: &mut IdleTimer) -> Next {
-    let core = &state.core;
+    let inner = &state.inner;
     let index = state.id.index();
-    let busy = |i: usize| core.counters.worker(i).is_polling();
+    let busy = |i: usize| inner.counters.worker(i).is_polling();
     poll_fn(|cx| {
         // The loop's own code: not a poll of user code (see `run`).
-        let _between = core.counters.between_polls(index);
+        let _between = inner.counters.between_polls(index);
         // Here, not in the loop around: an idle worker woken for a retired
         // service finds no job and waits again without leaving this poll.
         state.sweep_retired();
         spin_before_waiting(queues, state);
-        let taken = core.idle.take(index, queues, busy);
+        let taken = inner.idle.take(index, queues, busy);
         if matches!(taken, Taken::Waiting) {
             // Registered now; a service retired before that woke no one.
             state.sweep_retired();
@@ -115,11 +115,11 @@ const SPINS_BEFORE_WAITING: u32 = 8;
 /// the ones that have work. Only when going idle, not on every poll of an
 /// event loop that already waits (woken by its local tasks).
 fn spin_before_waiting(queues: &Queues, state: &WorkerState) {
-    let core = &state.core;
-    if core.idle.is_waiting(state.id.index()) {
+    let inner = &state.inner;
+    if inner.idle.is_waiting(state.id.index()) {
         return;
     }
-    let threads = core.config.workers as u64 + core.spares.running();
+    let threads = inner.config.workers as u64 + inner.spares.running();
     if threads > state.cores {
         return;
     }
@@ -139,7 +139,7 @@ fn next(
     state: &WorkerState,
     idle: &mut IdleTimer,
 ) -> Poll<Next> {
-    let core = &state.core;
+    let inner = &state.inner;
     let index = state.id.index();
     match taken {
         Taken::Job(envelope) => {
@@ -157,7 +157,7 @@ fn next(
             Poll::Pending
         }
         Taken::Waiting => {
-            let keep_alive = core.spares.keep_alive();
+            let keep_alive = inner.spares.keep_alive();
             let since = *idle.since.get_or_insert_with(Instant::now);
             let Some(due) = since.checked_add(keep_alive) else {
                 return Poll::Pending; // `Duration::MAX`: never retire.
@@ -173,12 +173,12 @@ fn next(
                 // Set while this spare was busy: idle for less than that.
                 Err(due - now)
             } else {
-                core.spares.may_retire()
+                inner.spares.may_retire()
             };
             match wait {
                 // Leave the idle list first: a submitter that claimed this
                 // spare meanwhile has a job for it.
-                Ok(()) if core.idle.leave(index) => Poll::Ready(Next::Retire),
+                Ok(()) if inner.idle.leave(index) => Poll::Ready(Next::Retire),
                 Ok(()) => {
                     idle.since = None;
                     cx.waker().wake_by_ref();
@@ -201,7 +201,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::pool::inner::Core;
+    use crate::pool::inner::Inner;
     use crate::WorkerId;
 
     /// Polls `next` once for a spare (slot 1 of a pool of 1 core worker)
@@ -209,13 +209,13 @@ mod tests {
     /// its keep-alive; `claim` runs between the registration and the poll,
     /// as a submitter may. Returns what `next` decided, and whether the
     /// idle spell is still counted.
-    fn spare_past_its_keep_alive(claim: impl FnOnce(&Core)) -> (Poll<Next>, bool) {
+    fn spare_past_its_keep_alive(claim: impl FnOnce(&Inner)) -> (Poll<Next>, bool) {
         let config = crate::ThreadAffinityLayer::builder()
             .workers(1)
             .max_workers(2)
             .keep_alive(Duration::from_millis(1))
             .into_config();
-        let core = Arc::new(Core::new(config).unwrap());
+        let inner = Arc::new(Inner::new(config).unwrap());
         let (_sender, shared) = async_channel::bounded(1);
         let queues = Queues::spare(shared);
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -224,11 +224,14 @@ mod tests {
             .unwrap();
         let _entered = runtime.enter();
         let spare = 1;
-        let state = WorkerState::new(WorkerId::new(core.id, spare, "spare".into()), core.clone());
+        let state = WorkerState::new(
+            WorkerId::new(inner.id, spare, "spare".into()),
+            inner.clone(),
+        );
         assert!(state.spare);
-        let taken = core.idle.take(spare, &queues, |_| false);
+        let taken = inner.idle.take(spare, &queues, |_| false);
         assert!(matches!(taken, Taken::Waiting));
-        claim(&core);
+        claim(&inner);
         // Idle since long before its keep-alive: the timer has fired.
         let mut idle = IdleTimer {
             since: Some(Instant::now() - Duration::from_secs(1)),
@@ -254,8 +257,11 @@ mod tests {
     /// `next` by hand, with the claim placed in it.
     #[test]
     fn a_spare_claimed_as_its_keep_alive_ends_stays_for_the_job() {
-        let (next, still_idle) = spare_past_its_keep_alive(|core| {
-            assert!(core.idle.wake_any(|_| false).any(), "the spare was waiting");
+        let (next, still_idle) = spare_past_its_keep_alive(|inner| {
+            assert!(
+                inner.idle.wake_any(|_| false).any(),
+                "the spare was waiting"
+            );
         });
         assert!(
             matches!(next, Poll::Pending),

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use crate::error::Failure;
 use crate::pool::idle::Source;
-use crate::pool::inner::Core;
+use crate::pool::inner::Inner;
 use crate::pool::queue::{reject_queued, Queues};
 use crate::pool::worker;
 use crate::trace;
@@ -56,30 +56,30 @@ pub(crate) enum End {
 pub(crate) struct Exit {
     index: usize,
     queues: Queues,
-    core: Arc<Core>,
+    inner: Arc<Inner>,
     /// Set by the thread when its run returns; a run that unwinds leaves
     /// `Died`.
     pub(crate) end: End,
 }
 
 impl Exit {
-    pub(crate) fn new(index: usize, queues: Queues, core: Arc<Core>) -> Self {
+    pub(crate) fn new(index: usize, queues: Queues, inner: Arc<Inner>) -> Self {
         Self {
             index,
             queues,
-            core,
+            inner,
             end: End::Died,
         }
     }
 
     /// The thread is gone for good.
     fn gone(&self) {
-        self.core
+        self.inner
             .counters
             .worker(self.index)
             .alive
             .store(false, SeqCst);
-        self.core.lifecycle.exited();
+        self.inner.lifecycle.exited();
     }
 
     /// No thread will serve this worker's own queue again (nor, once every
@@ -92,43 +92,44 @@ impl Exit {
     /// the worker goes is answered by one of them, never left behind.
     fn give_up(&self) {
         trace::warning!(worker = self.index, "worker given up; its keys move");
-        let core = &self.core;
+        let inner = &self.inner;
         self.gone();
-        core.given_up.fetch_add(1, SeqCst);
+        inner.given_up.fetch_add(1, SeqCst);
         fence(SeqCst);
         if let Some(own) = self.queues.own() {
-            reject_queued(own, &core.counters, Failure::NoWorker);
+            reject_queued(own, &inner.counters, Failure::NoWorker);
         }
-        if core.all_given_up() {
+        if inner.all_given_up() {
             trace::warning!("every core worker given up: requests get 503");
-            reject_queued(self.queues.shared(), &core.counters, Failure::NoWorker);
+            reject_queued(self.queues.shared(), &inner.counters, Failure::NoWorker);
         }
     }
 }
 
 impl Drop for Exit {
     fn drop(&mut self) {
-        let (core, index) = (&self.core, self.index);
-        core.idle.set_waker(index, None);
-        core.idle.leave(index);
-        let counters = core.counters.worker(index);
+        let (inner, index) = (&self.inner, self.index);
+        inner.idle.set_waker(index, None);
+        inner.idle.leave(index);
+        let counters = inner.counters.worker(index);
         counters.tid.store(0, Relaxed);
         let end = std::mem::replace(&mut self.end, End::Finished);
-        if index >= core.config.workers {
+        if index >= inner.config.workers {
             if let End::FailedStart(error) = &end {
                 // The next spare would fail as this one did: lower the
                 // ceiling to the threads left, as for a refused thread,
                 // rather than start (and lose) one at every look.
-                core.spares
-                    .refused(core.counters.running().saturating_sub(1), error);
+                inner
+                    .spares
+                    .refused(inner.counters.running().saturating_sub(1), error);
             }
             // Counted however it ended, or the spares running
             // (`Spares::running`) would drift up with every spare lost.
-            core.spares.ended(index, matches!(end, End::Retired));
+            inner.spares.ended(index, matches!(end, End::Retired));
             // Marked gone before the slot is freed: the next spare in this
             // slot marks it alive again, and must not be overwritten.
             self.gone();
-            core.spares.exited(index);
+            inner.spares.exited(index);
             return;
         }
         let failures = match end {
@@ -151,9 +152,10 @@ impl Drop for Exit {
             thread::sleep(wait);
         }
         counters.replaced.fetch_add(1, Relaxed);
-        if let Err(error) = worker::spawn(index, self.queues.clone(), core.clone()) {
-            core.spares
-                .refused(core.counters.running().saturating_sub(1), &error);
+        if let Err(error) = worker::spawn(index, self.queues.clone(), inner.clone()) {
+            inner
+                .spares
+                .refused(inner.counters.running().saturating_sub(1), &error);
             self.give_up();
         }
     }

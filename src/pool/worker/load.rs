@@ -8,27 +8,27 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
-use crate::pool::inner::Core;
+use crate::pool::inner::Inner;
 use crate::stats::WorkerCounters;
 
 /// The requests one worker serves, and the event loop's waker.
 pub(crate) struct Load {
-    core: Arc<Core>,
+    inner: Arc<Inner>,
     index: usize,
     waiter: Cell<Option<Waker>>,
 }
 
 impl Load {
-    pub(crate) fn new(core: Arc<Core>, index: usize) -> Rc<Self> {
+    pub(crate) fn new(inner: Arc<Inner>, index: usize) -> Rc<Self> {
         Rc::new(Self {
-            core,
+            inner,
             index,
             waiter: Cell::new(None),
         })
     }
 
     fn counters(&self) -> &WorkerCounters {
-        self.core.counters.worker(self.index)
+        self.inner.counters.worker(self.index)
     }
 
     /// Counts a panic caught on this worker.
@@ -72,7 +72,7 @@ impl Active {
     /// Whether `shutdown_timeout`'s deadline has passed: a request still
     /// running stops at its next step.
     pub(crate) fn aborting(&self) -> bool {
-        self.0.core.lifecycle.is_aborting()
+        self.0.inner.lifecycle.is_aborting()
     }
 
     /// Counts a panic caught while serving this request.

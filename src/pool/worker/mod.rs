@@ -26,7 +26,7 @@ use self::state::WorkerState;
 use self::unwind::guard;
 use crate::error::Failure;
 use crate::pool::idle::Source;
-use crate::pool::inner::Core;
+use crate::pool::inner::Inner;
 use crate::pool::queue::Queues;
 use crate::stats::probe;
 use crate::{trace, WorkerId};
@@ -35,20 +35,20 @@ use crate::{trace, WorkerId};
 pub(crate) type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
 
 /// Starts worker `index` on a new thread.
-pub(super) fn spawn(index: usize, queues: Queues, core: Arc<Core>) -> io::Result<()> {
-    if !core.may_spawn() {
+pub(super) fn spawn(index: usize, queues: Queues, inner: Arc<Inner>) -> io::Result<()> {
+    if !inner.may_spawn() {
         return Err(io::Error::other(
             "tower-affinity: thread spawn refused (test seam)",
         ));
     }
-    let name = format!("{}-{}", core.config.thread_name, index);
-    let id = WorkerId::new(core.id, index, name.as_str().into());
+    let name = format!("{}-{}", inner.config.thread_name, index);
+    let id = WorkerId::new(inner.id, index, name.as_str().into());
     thread::Builder::new()
         .name(name)
         .spawn(move || {
             // Decides, as the thread ends however it ends, what comes next.
-            let mut exit = Exit::new(index, queues.clone(), core.clone());
-            exit.end = run(id, &queues, &core);
+            let mut exit = Exit::new(index, queues.clone(), inner.clone());
+            exit.end = run(id, &queues, &inner);
             drop(exit);
         })
         .map(drop)
@@ -56,31 +56,32 @@ pub(super) fn spawn(index: usize, queues: Queues, core: Arc<Core>) -> io::Result
 
 /// Runs the worker until its queues close, it retires (a spare), or a
 /// panic escapes the shields around user code.
-fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> End {
+fn run(id: WorkerId, queues: &Queues, inner: &Arc<Inner>) -> End {
     id.enter();
     let index = id.index();
-    core.counters
+    inner
+        .counters
         .worker(index)
         .tid
         .store(probe::current_tid(), Relaxed);
-    if let Some(hook) = &core.config.on_thread_start {
+    if let Some(hook) = &inner.config.on_thread_start {
         let _ = guard(|| hook(&id));
     }
-    if let Err(error) = core.start_worker() {
-        stop_hook(core, &id);
+    if let Err(error) = inner.start_worker() {
+        stop_hook(inner, &id);
         return End::FailedStart(error);
     }
     // User code on this thread sees the driver's runtime as current, as
     // code under `spawn_blocking` sees its runtime's, and is not inside a
     // `block_on` (see `park.rs`).
-    let _entered = core.driver.handle().enter();
-    core.counters.worker(index).started();
+    let _entered = inner.driver.handle().enter();
+    inner.counters.worker(index).started();
     let local = tokio::task::LocalSet::new();
-    let state = WorkerState::new(id, core.clone());
+    let state = WorkerState::new(id, inner.clone());
     // The idle list and an abort wake this loop through this waker, the
     // thread's own for its life.
     let (waker, unpark) = park::waker();
-    core.idle.set_waker(index, Some(&waker));
+    inner.idle.set_waker(index, Some(&waker));
     // A panic that escapes the shields (a panic payload whose `Drop`
     // panics, say) must not unwind through the services and tasks: a
     // second panic in one of their `Drop`s would abort the process.
@@ -88,7 +89,7 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> End {
         let serving = local.run_until(async {
             let mut serving = pin!(serve(queues, &state));
             poll_fn(|cx| {
-                if core.lifecycle.is_aborting() {
+                if inner.lifecycle.is_aborting() {
                     return Poll::Ready(false);
                 }
                 serving.as_mut().poll(cx)
@@ -100,7 +101,7 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> End {
         // tasks handlers spawn with `spawn_local` count too; the loop's own
         // turns clear the mark (`next_job`).
         let polled = poll_fn(|cx| {
-            let _polling = core.counters.polling(index);
+            let _polling = inner.counters.polling(index);
             serving.as_mut().poll(cx)
         });
         park::block_on(polled, &waker, &unpark)
@@ -110,7 +111,7 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> End {
         Ok(false) => End::Finished,
         Err(payload) => {
             trace::warning!(worker = index, "a panic escaped; the thread ends");
-            core.counters.worker(index).panicked.fetch_add(1, Relaxed);
+            inner.counters.worker(index).panicked.fetch_add(1, Relaxed);
             let _ = guard(move || drop(payload));
             End::Died
         }
@@ -129,12 +130,12 @@ fn run(id: WorkerId, queues: &Queues, core: &Arc<Core>) -> End {
     // their channels close without an end marker.
     let _ = guard(move || drop(local));
     state.drop_services();
-    stop_hook(core, &state.id);
+    stop_hook(inner, &state.id);
     end
 }
 
-fn stop_hook(core: &Core, id: &WorkerId) {
-    if let Some(hook) = &core.config.on_thread_stop {
+fn stop_hook(inner: &Inner, id: &WorkerId) {
+    if let Some(hook) = &inner.config.on_thread_stop {
         let _ = guard(|| hook(id));
     }
 }

@@ -14,7 +14,7 @@ use std::thread;
 use super::load::Load;
 use super::unwind::{drop_guarded, CountsDropPanics};
 use crate::error::Failure;
-use crate::pool::inner::Core;
+use crate::pool::inner::Inner;
 use crate::pool::queue::job::Envelope;
 use crate::{trace, WorkerId};
 
@@ -29,7 +29,7 @@ fn contain<T>(f: impl FnOnce() -> T) -> Option<T> {
 /// What a worker thread owns: its service instances and its load.
 pub(crate) struct WorkerState {
     pub(super) id: WorkerId,
-    pub(super) core: Arc<Core>,
+    pub(super) inner: Arc<Inner>,
     /// Whether this is a spare (it serves the shared queue only).
     pub(super) spare: bool,
     // One instance per wrapped service, created on first use on this thread,
@@ -48,13 +48,13 @@ pub(crate) struct WorkerState {
 }
 
 impl WorkerState {
-    pub(super) fn new(id: WorkerId, core: Arc<Core>) -> Self {
-        let load = Load::new(core.clone(), id.index());
+    pub(super) fn new(id: WorkerId, inner: Arc<Inner>) -> Self {
+        let load = Load::new(inner.clone(), id.index());
         let counts = CountsDropPanics::new(load.clone());
         Self {
-            spare: id.index() >= core.config.workers,
+            spare: id.index() >= inner.config.workers,
             id,
-            core,
+            inner,
             services: RefCell::default(),
             swept: Cell::new(0),
             load,
@@ -63,8 +63,8 @@ impl WorkerState {
         }
     }
 
-    pub(crate) fn core(&self) -> &Arc<Core> {
-        &self.core
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
     }
 
     pub(crate) fn id(&self) -> &WorkerId {
@@ -95,10 +95,10 @@ impl WorkerState {
     }
 
     /// Drops the instances of services whose every handle is gone, once per
-    /// retirement (see `Core::retired`). Requests still running keep their
+    /// retirement (see `Inner::retired`). Requests still running keep their
     /// instance alive until they end; it is dropped then, on this thread.
     pub(super) fn sweep_retired(&self) {
-        let retired = self.core.retired.load(Acquire);
+        let retired = self.inner.retired.load(Acquire);
         if retired == self.swept.get() {
             return;
         }
@@ -122,7 +122,7 @@ impl WorkerState {
     }
 
     pub(super) fn reject(&self, envelope: Envelope, failure: Failure) {
-        self.core.counters.rejected.fetch_add(1, Relaxed);
+        self.inner.counters.rejected.fetch_add(1, Relaxed);
         envelope.job.reject(failure);
     }
 
@@ -142,13 +142,13 @@ impl WorkerState {
             return;
         }
         #[cfg(feature = "metrics")]
-        crate::metrics::queue_wait(&self.core.config.thread_name, self.id.index(), enqueued);
+        crate::metrics::queue_wait(&self.inner.config.thread_name, self.id.index(), enqueued);
         // Claimed: from here the caller cannot withdraw it, so a timeout
         // seen here (a caller off any Tokio runtime keeps no timer) is
         // counted once.
-        if let (Some(enqueued), Some(timeout)) = (enqueued, self.core.config.queue_timeout) {
+        if let (Some(enqueued), Some(timeout)) = (enqueued, self.inner.config.queue_timeout) {
             if enqueued.elapsed() > timeout {
-                self.core.counters.timed_out.fetch_add(1, Relaxed);
+                self.inner.counters.timed_out.fetch_add(1, Relaxed);
                 return job.reject(Failure::TimedOut);
             }
         }
@@ -159,7 +159,7 @@ impl WorkerState {
         // spawned task is polled again at once and registers its real waker.
         let pending = task.as_mut().poll(&mut cx).is_pending();
         if pending {
-            let core = self.core.clone();
+            let inner = self.inner.clone();
             let index = self.id.index();
             let mut task = Some(task);
             tokio::task::spawn_local(poll_fn(move |cx| {
@@ -172,7 +172,7 @@ impl WorkerState {
                     Some(poll) => poll,
                     None => {
                         trace::warning!(worker = index, "a panic escaped a request's task");
-                        core.counters.worker(index).panicked.fetch_add(1, Relaxed);
+                        inner.counters.worker(index).panicked.fetch_add(1, Relaxed);
                         let dead = task.take();
                         let _ = contain(move || drop(dead));
                         Poll::Ready(())
