@@ -212,9 +212,12 @@ impl Pool {
             enqueued: (cfg!(feature = "metrics") || self.config().queue_timeout.is_some())
                 .then(Instant::now),
         };
+        // Counted before the send: the worker may take the job and finish it
+        // before this thread runs again, and a request it served must not
+        // look unadmitted to a reader of the stats.
+        counters.admitted.fetch_add(1, Ordering::Relaxed);
         match queue.try_send(envelope) {
             Ok(()) => {
-                counters.admitted.fetch_add(1, Ordering::Relaxed);
                 let inner = &self.dispatch.inner;
                 // Woken: a live worker will take the job. Else the queue may
                 // have no worker left (a given-up one's, or the shared
@@ -246,6 +249,7 @@ impl Pool {
             }
             // Unbounded channels: only a closed one refuses.
             Err(_) => {
+                counters.admitted.fetch_sub(1, Ordering::Relaxed);
                 counters.rejected.fetch_add(1, Ordering::Relaxed);
                 Err(Failure::ShutDown)
             }
