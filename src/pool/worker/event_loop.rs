@@ -42,7 +42,7 @@ enum Next {
 
 /// The event loop: admit jobs while there is room, then drain on shutdown;
 /// `true` if this spare retired.
-pub(super) async fn serve(queues: &Queues, state: &WorkerState) -> bool {
+pub(super) async fn run(queues: &Queues, state: &WorkerState) -> bool {
     let max = state.inner.config.max_streams_per_worker;
     let mut admitted = 0usize;
     let mut idle = IdleTimer::default();
@@ -88,7 +88,7 @@ async fn next_job(queues: &Queues, state: &WorkerState, idle: &mut IdleTimer) ->
     let index = state.id.index();
     let busy = |i: usize| inner.counters.worker(i).is_polling();
     poll_fn(|cx| {
-        // The loop's own code: not a poll of user code (see `run`).
+        // The loop's own code: not a poll of user code (see `run_thread`).
         let _between = inner.counters.between_polls(index);
         // Here, not in the loop around: an idle worker woken for a retired
         // service finds no job and waits again without leaving this poll.
@@ -99,7 +99,7 @@ async fn next_job(queues: &Queues, state: &WorkerState, idle: &mut IdleTimer) ->
             // Registered now; a service retired before that woke no one.
             state.sweep_retired();
         }
-        next(taken, cx, state, idle)
+        after_take(taken, cx, state, idle)
     })
     .await
 }
@@ -120,7 +120,7 @@ fn spin_before_waiting(queues: &Queues, state: &WorkerState) {
         return;
     }
     let threads = inner.config.workers as u64 + inner.spares.running();
-    if threads > state.cores {
+    if threads > state.cpus {
         return;
     }
     let has_work = || queues.more_shared() || queues.own().is_some_and(|own| !own.is_empty());
@@ -133,7 +133,7 @@ fn spin_before_waiting(queues: &Queues, state: &WorkerState) {
 }
 
 /// What the event loop does with what `Idle::take` found.
-fn next(
+fn after_take(
     taken: Taken<Envelope>,
     cx: &mut Context<'_>,
     state: &WorkerState,
@@ -204,10 +204,10 @@ mod tests {
     use crate::pool::inner::Inner;
     use crate::WorkerId;
 
-    /// Polls `next` once for a spare (slot 1 of a pool of 1 core worker)
+    /// Polls `after_take` once for a spare (slot 1 of a pool of 1 core worker)
     /// that finds nothing to do and registers, after idling for longer than
     /// its keep-alive; `claim` runs between the registration and the poll,
-    /// as a submitter may. Returns what `next` decided, and whether the
+    /// as a submitter may. Returns what `after_take` decided, and whether the
     /// idle spell is still counted.
     fn spare_past_its_keep_alive(claim: impl FnOnce(&Inner)) -> (Poll<Next>, bool) {
         let config = crate::ThreadAffinityLayer::builder()
@@ -238,7 +238,7 @@ mod tests {
             timer: None,
         };
         let mut cx = Context::from_waker(Waker::noop());
-        let next = next(taken, &mut cx, &state, &mut idle);
+        let next = after_take(taken, &mut cx, &state, &mut idle);
         (next, idle.since.is_some())
     }
 
@@ -254,7 +254,7 @@ mod tests {
     /// the timer) must stay for the job the claim announces: retiring would
     /// leave that job to whichever worker next looks at the shared queue.
     /// The window is inside one poll of the event loop, so the test drives
-    /// `next` by hand, with the claim placed in it.
+    /// `after_take` by hand, with the claim placed in it.
     #[test]
     fn a_spare_claimed_as_its_keep_alive_ends_stays_for_the_job() {
         let (next, still_idle) = spare_past_its_keep_alive(|inner| {

@@ -1,8 +1,9 @@
 //! One worker thread: a current-thread runtime with a `LocalSet`, serving
 //! many requests at once.
 //!
-//! Here the thread starts, runs and ends (`spawn`, `run`); the loop it runs
-//! is in `event_loop.rs`, and what follows its end in `exit.rs`.
+//! Here the thread starts, runs and ends (`spawn`, `run_thread`); the loop
+//! it runs is in `event_loop.rs` (`event_loop::run`), and what follows its
+//! end in `exit.rs`.
 
 pub(in crate::pool) mod driver;
 mod event_loop;
@@ -20,7 +21,6 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::{io, thread};
 
-use self::event_loop::serve;
 use self::exit::{End, Exit};
 use self::state::WorkerState;
 use self::unwind::guard;
@@ -48,7 +48,7 @@ pub(super) fn spawn(index: usize, queues: Queues, inner: Arc<Inner>) -> io::Resu
         .spawn(move || {
             // Decides, as the thread ends however it ends, what comes next.
             let mut exit = Exit::new(index, queues.clone(), inner.clone());
-            exit.end = run(id, &queues, &inner);
+            exit.end = run_thread(id, &queues, &inner);
             drop(exit);
         })
         .map(drop)
@@ -56,7 +56,7 @@ pub(super) fn spawn(index: usize, queues: Queues, inner: Arc<Inner>) -> io::Resu
 
 /// Runs the worker until its queues close, it retires (a spare), or a
 /// panic escapes the shields around user code.
-fn run(id: WorkerId, queues: &Queues, inner: &Arc<Inner>) -> End {
+fn run_thread(id: WorkerId, queues: &Queues, inner: &Arc<Inner>) -> End {
     id.enter();
     let index = id.index();
     inner
@@ -87,7 +87,7 @@ fn run(id: WorkerId, queues: &Queues, inner: &Arc<Inner>) -> End {
     // second panic in one of their `Drop`s would abort the process.
     let served = catch_unwind(AssertUnwindSafe(|| {
         let serving = local.run_until(async {
-            let mut serving = pin!(serve(queues, &state));
+            let mut serving = pin!(event_loop::run(queues, &state));
             poll_fn(|cx| {
                 if inner.lifecycle.is_aborting() {
                     return Poll::Ready(false);

@@ -41,9 +41,9 @@ pub(crate) struct WorkerState {
     swept: Cell<u64>,
     pub(super) load: Rc<Load>,
     /// The machine's cores, for the idle worker's choice to spin.
-    pub(super) cores: u64,
+    pub(super) cpus: u64,
     // Panics caught in a `Drop` on this thread count for this worker while
-    // the state lives: to the end of `run`, past `drop_services`.
+    // the state lives: to the end of `run_thread`, past `drop_services`.
     _counts: CountsDropPanics,
 }
 
@@ -58,7 +58,7 @@ impl WorkerState {
             services: RefCell::default(),
             swept: Cell::new(0),
             load,
-            cores: thread::available_parallelism().map_or(1, |n| n.get() as u64),
+            cpus: thread::available_parallelism().map_or(1, |n| n.get() as u64),
             _counts: counts,
         }
     }
