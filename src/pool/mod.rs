@@ -17,7 +17,7 @@
 //!
 //! The pool runs `workers` core threads, and spare ones up to
 //! `max_workers`, one for each worker blocked in user code while unkeyed
-//! work waits (`spare`, `supervisor`, `probe`). Every per-worker structure (the
+//! work waits (`spare/`, `stats/probe.rs`). Every per-worker structure (the
 //! counters, the idle list) has a slot for each thread the pool may run,
 //! made when it starts, so spares come and go without a lock or an
 //! allocation on the request path. Keys hash over the core workers only.
@@ -27,6 +27,24 @@
 //! policy), it travels with the job, and it is released when a worker takes
 //! the job off its queue. Keyed jobs let theirs go: their worker's own
 //! queue bounds them.
+//!
+//! # A request's path, by file
+//!
+//! | step | where |
+//! |---|---|
+//! | `poll_ready` takes a permit; `call` boxes the request into a job | `service.rs`, `reply.rs`, `queue/job.rs` |
+//! | the job goes to a queue, and an idle worker is woken | `Pool::submit` here, `queue/`, `idle/` |
+//! | no worker free while one is blocked: a spare starts | `spare/` (`supervisor.rs`), `stats/probe.rs` |
+//! | the worker's loop takes the job, below its stream limit | `worker/event_loop.rs`, `worker/load.rs` |
+//! | a task on the worker: readiness, call, the head through the reply slot | `task/mod.rs`, `task/ready.rs` |
+//! | the body's frames, pumped into the frame channel | `task/pump.rs`, `channel.rs`, `body.rs` |
+//! | the caller awaits the head (queue timeout, deadline) | `future.rs` |
+//! | the thread's polls, panics and end | `worker/park.rs`, `worker/unwind.rs`, `worker/exit.rs` |
+//! | shutdown: drain, then abort past its timeout | `shutdown/` |
+//!
+//! Paths outside `pool/` are from `src/`. Timers and I/O for every worker
+//! run on one driver thread (`worker/driver.rs`); work outside HTTP goes
+//! through a worker's inbox (`errand/`).
 
 mod config;
 mod errand;
