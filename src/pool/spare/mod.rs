@@ -49,17 +49,17 @@ use crate::trace;
 #[derive(Debug)]
 pub(crate) struct Spares {
     /// Whether the supervisor is awake, looking.
-    pub(super) armed: AtomicBool,
+    armed: AtomicBool,
     stopped: AtomicBool,
     lock: Mutex<()>,
     signal: Condvar,
     /// Spare slots not in use, the lowest index last.
-    pub(super) free: Mutex<Vec<usize>>,
+    free: Mutex<Vec<usize>>,
     /// The most threads the pool runs now.
-    pub(super) ceiling: AtomicUsize,
-    pub(super) started: AtomicU64,
+    ceiling: AtomicUsize,
+    started: AtomicU64,
     retired: AtomicU64,
-    pub(super) stalls: AtomicU64,
+    stalls: AtomicU64,
     spawn_failures: AtomicU64,
     keep_alive: Duration,
     epoch: Instant,
@@ -67,7 +67,7 @@ pub(crate) struct Spares {
     last_retired: AtomicU64,
 }
 
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -145,6 +145,36 @@ impl Spares {
         !self.stopped.load(SeqCst)
     }
 
+    /// The supervisor found the shared queue empty and means to park; a
+    /// submitter from now on nudges it again.
+    pub(super) fn disarm(&self) {
+        self.armed.store(false, SeqCst);
+    }
+
+    /// The supervisor, having disarmed, found work after all: it goes on
+    /// looking, and submitters need not nudge it.
+    pub(super) fn rearm(&self) {
+        self.armed.store(true, SeqCst);
+    }
+
+    /// A look found a poll long enough to be blocked; how many more threads
+    /// the ceiling lets start beside the `running` ones.
+    pub(super) fn stalled(&self, running: usize) -> usize {
+        self.stalls.fetch_add(1, Relaxed);
+        self.ceiling.load(SeqCst).saturating_sub(running)
+    }
+
+    /// A free spare slot, taken for a thread about to start; give it back
+    /// with [`exited`](Self::exited) if it does not.
+    pub(super) fn take_slot(&self) -> Option<usize> {
+        lock(&self.free).pop()
+    }
+
+    /// A spare's thread started.
+    pub(super) fn started(&self) {
+        self.started.fetch_add(1, Relaxed);
+    }
+
     fn now(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64 + 1
     }
@@ -194,7 +224,8 @@ impl Spares {
         let _ = index;
     }
 
-    /// Spare `index`'s thread has ended: its slot is free again.
+    /// Spare `index`'s thread has ended, or never started: its slot is
+    /// free again.
     pub(crate) fn exited(&self, index: usize) {
         lock(&self.free).push(index);
     }

@@ -5,13 +5,12 @@
 //! that starts at one look a millisecond and backs off while nobody is
 //! blocked.
 
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_channel::Receiver;
 
-use super::lock;
 use crate::pool::inner::Inner;
 use crate::pool::queue::job::Envelope;
 use crate::pool::queue::Queues;
@@ -129,13 +128,13 @@ pub(super) fn run(inner: &Arc<Inner>, shared: &Receiver<Envelope>) {
                 return;
             }
             if shared.is_empty() {
-                spares.armed.store(false, SeqCst);
+                spares.disarm();
                 // A job queued just now may have seen `armed` still set
                 // and not nudged: look once more before parking.
                 if shared.is_empty() {
                     break;
                 }
-                spares.armed.store(true, SeqCst);
+                spares.rearm();
             }
             pace.looked(grow(inner, shared, &mut seen));
         }
@@ -202,8 +201,7 @@ fn grow(inner: &Arc<Inner>, shared: &Receiver<Envelope>, seen: &mut Seen) -> Loo
     if !polls.iter().any(|&(_, since)| long(since)) {
         return Look::default();
     }
-    spares.stalls.fetch_add(1, Relaxed);
-    let room = spares.ceiling.load(SeqCst).saturating_sub(running.len());
+    let room = spares.stalled(running.len());
     let wanted = shared.len().min(room);
     if wanted == 0 {
         // At the ceiling no spare can start: spare the probe its reads of
@@ -261,12 +259,12 @@ fn grow(inner: &Arc<Inner>, shared: &Receiver<Envelope>, seen: &mut Seen) -> Loo
 /// Starts one spare; `false` if none could start.
 fn start(inner: &Arc<Inner>, shared: &Receiver<Envelope>, threads: usize) -> bool {
     let spares = &inner.spares;
-    let Some(index) = lock(&spares.free).pop() else {
+    let Some(index) = spares.take_slot() else {
         return false;
     };
     // Not once the queues closed: a spare must not outlive a shutdown.
     if !inner.lifecycle.spawning(|| shared.is_closed()) {
-        lock(&spares.free).push(index);
+        spares.exited(index);
         return false;
     }
     let counters = inner.counters.worker(index);
@@ -275,7 +273,7 @@ fn start(inner: &Arc<Inner>, shared: &Receiver<Envelope>, threads: usize) -> boo
     let queues = Queues::spare(shared.clone()).with_inbox(inner.inboxes.receiver(index));
     match worker::spawn(index, queues, inner.clone()) {
         Ok(()) => {
-            spares.started.fetch_add(1, Relaxed);
+            spares.started();
             trace::info!(
                 worker = index,
                 threads = threads + 1,
@@ -286,7 +284,7 @@ fn start(inner: &Arc<Inner>, shared: &Receiver<Envelope>, threads: usize) -> boo
         Err(error) => {
             counters.alive.store(false, SeqCst);
             inner.lifecycle.exited();
-            lock(&spares.free).push(index);
+            spares.exited(index);
             spares.refused(threads, &error);
             false
         }

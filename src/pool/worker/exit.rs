@@ -22,7 +22,6 @@ use crate::error::Failure;
 use crate::pool::idle::Source;
 use crate::pool::inner::Inner;
 use crate::pool::queue::{reject_queued, Queues};
-use crate::pool::worker;
 use crate::trace;
 
 /// Starts in a row that may fail before a worker is given up.
@@ -52,22 +51,28 @@ pub(crate) enum End {
     FailedStart(io::Error),
 }
 
+/// How a core worker's thread is started again: `worker::spawn`, passed in
+/// so that what follows a thread's end does not reach back to its start.
+pub(crate) type Restart = fn(usize, Queues, Arc<Inner>) -> io::Result<()>;
+
 /// Runs when a worker thread ends, however it ends.
 pub(crate) struct Exit {
     index: usize,
     queues: Queues,
     inner: Arc<Inner>,
+    restart: Restart,
     /// Set by the thread when its run returns; a run that unwinds leaves
     /// `Died`.
     pub(crate) end: End,
 }
 
 impl Exit {
-    pub(crate) fn new(index: usize, queues: Queues, inner: Arc<Inner>) -> Self {
+    pub(crate) fn new(index: usize, queues: Queues, inner: Arc<Inner>, restart: Restart) -> Self {
         Self {
             index,
             queues,
             inner,
+            restart,
             end: End::Died,
         }
     }
@@ -152,7 +157,7 @@ impl Drop for Exit {
             thread::sleep(wait);
         }
         counters.replaced.fetch_add(1, Relaxed);
-        if let Err(error) = worker::spawn(index, self.queues.clone(), inner.clone()) {
+        if let Err(error) = (self.restart)(index, self.queues.clone(), inner.clone()) {
             inner
                 .spares
                 .refused(inner.counters.running().saturating_sub(1), &error);

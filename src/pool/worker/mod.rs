@@ -47,7 +47,7 @@ pub(super) fn spawn(index: usize, queues: Queues, inner: Arc<Inner>) -> io::Resu
         .name(name)
         .spawn(move || {
             // Decides, as the thread ends however it ends, what comes next.
-            let mut exit = Exit::new(index, queues.clone(), inner.clone());
+            let mut exit = Exit::new(index, queues.clone(), inner.clone(), spawn);
             exit.end = run_thread(id, &queues, &inner);
             drop(exit);
         })
