@@ -40,7 +40,7 @@ use crate::{Overload, ThreadAffinityBody, WorkerId};
 /// [`ThreadAffinityLayer::layer`]: crate::ThreadAffinityLayer
 /// [`ThreadAffinityLayer::service_with`]: crate::ThreadAffinityLayer::service_with
 pub struct ThreadAffinity<S> {
-    shared: Arc<Wrapped<S>>,
+    wrapped: Arc<Wrapped<S>>,
     // Not in `Wrapped`: queued jobs hold that, and must not keep the pool
     // (and so its queues) open after the last handle is gone.
     pool: Pool,
@@ -110,7 +110,7 @@ impl<S> ThreadAffinity<S> {
             admission: PollSemaphore::new(pool.admission()),
             permit: None,
             waited: None,
-            shared: Arc::new(Wrapped {
+            wrapped: Arc::new(Wrapped {
                 id: pool.next_service_id(),
                 factory: Box::new(factory),
                 inner: pool.inner().clone(),
@@ -145,7 +145,7 @@ impl<S> ThreadAffinity<S> {
 impl<S> Clone for ThreadAffinity<S> {
     fn clone(&self) -> Self {
         Self {
-            shared: self.shared.clone(),
+            wrapped: self.wrapped.clone(),
             pool: self.pool.clone(),
             admission: self.admission.clone(),
             permit: None,
@@ -233,7 +233,7 @@ where
             return ResponseFuture::failed(Failure::WouldDeadlock);
         }
         // One allocation: the job is its own reply slot.
-        let (job, rx) = Call::queue(self.shared.clone(), request);
+        let (job, rx) = Call::queue(self.wrapped.clone(), request);
         let wait_for_place = worker.is_none()
             && permit.is_none()
             && pool.config().affinity_key.is_some()
@@ -271,7 +271,7 @@ impl<S> fmt::Debug for ThreadAffinity<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ThreadAffinity")
             .field("service", &std::any::type_name::<S>())
-            .field("id", &self.shared.id)
+            .field("id", &self.wrapped.id)
             .field("pool", &self.pool)
             .finish()
     }

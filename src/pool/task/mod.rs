@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use self::pump::{stream_body, Stream};
-use self::ready::{Instance, ReadyQueue, Turn};
+use self::ready::{Instance, InstanceRef, Turn};
 use crate::body::Msg;
 use crate::cancel::{Scope, Scoped, Watch};
 use crate::error::{BoxError, Failure};
@@ -38,10 +38,10 @@ use crate::service::Wrapped;
 use crate::trace::{self, Span};
 use crate::ThreadAffinityBody;
 
-/// A request for the service behind `shared`: the payload of its reply
+/// A request for the service behind `wrapped`: the payload of its reply
 /// slot, which the queue carries as the job.
 pub(crate) struct Call<S, B> {
-    shared: Arc<Wrapped<S>>,
+    wrapped: Arc<Wrapped<S>>,
     request: Request<B>,
     span: Span,
 }
@@ -50,7 +50,7 @@ impl<S, B> Call<S, B> {
     /// The job to queue and the caller's end of its reply, in one
     /// allocation.
     pub(crate) fn queue<ResBody>(
-        shared: Arc<Wrapped<S>>,
+        wrapped: Arc<Wrapped<S>>,
         request: Request<B>,
     ) -> (JobHandle, ReplyReceiver<Reply<S::Error>>)
     where
@@ -63,7 +63,7 @@ impl<S, B> Call<S, B> {
         ResBody::Error: Into<BoxError>,
     {
         let slot = Slot::new(Self {
-            shared,
+            wrapped,
             request,
             span: Span::current(),
         });
@@ -88,7 +88,7 @@ where
         let watch: Arc<dyn Watch> = self.clone();
         let reply = ReplySender::new(self);
         let Some(Call {
-            shared,
+            wrapped,
             mut request,
             span,
         }) = job
@@ -105,10 +105,10 @@ where
             merge: config.merge_frames,
         };
         span.in_scope(|| trace::debug!(worker = worker.id().index(), "started"));
-        let handle = Arc::downgrade(&shared);
+        let handle = Arc::downgrade(&wrapped);
         let made = guard(|| {
-            worker.instance(shared.id(), handle, || {
-                ReadyQueue::new(shared.make(worker.id()))
+            worker.instance(wrapped.id(), handle, || {
+                Instance::new(wrapped.make(worker.id()))
             })
         });
         let Ok(service) = made else {
@@ -156,7 +156,7 @@ struct Limits {
 /// takes its input by value, so that the task's state holds one step's
 /// values at a time: the task is boxed per request, and small is cheap.
 async fn serve<S, B, ResBody>(
-    service: Instance<S>,
+    service: InstanceRef<S>,
     request: Request<B>,
     reply: ReplySender<Reply<S::Error>>,
     limits: Limits,
@@ -192,7 +192,7 @@ async fn serve<S, B, ResBody>(
 /// Waits for its turn and for the service to be ready, and calls it;
 /// `None` if the request was answered (error, panic) or cancelled meanwhile.
 async fn ready_and_call<S, B>(
-    service: Instance<S>,
+    service: InstanceRef<S>,
     request: Request<B>,
     mut reply: ReplySender<Reply<S::Error>>,
     active: &Active,

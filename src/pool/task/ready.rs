@@ -23,18 +23,18 @@ use std::task::{Context, Poll, Waker};
 
 /// A worker's instance, as the worker keeps it: only this thread's tasks
 /// borrow it, each for one poll, never across an `.await`.
-pub(crate) type Instance<S> = Rc<RefCell<ReadyQueue<S>>>;
+pub(crate) type InstanceRef<S> = Rc<RefCell<Instance<S>>>;
 
 /// One worker's instance of a wrapped service, and the requests waiting for
 /// it to be ready.
-pub(crate) struct ReadyQueue<S> {
+pub(crate) struct Instance<S> {
     pub(crate) service: S,
     /// Tickets and wakers of the waiting requests; the front owns readiness.
     waiting: VecDeque<(u64, Waker)>,
     next_ticket: u64,
 }
 
-impl<S> ReadyQueue<S> {
+impl<S> Instance<S> {
     pub(crate) fn new(service: S) -> Self {
         Self {
             service,
@@ -52,12 +52,12 @@ impl<S> ReadyQueue<S> {
 /// One request's turn at the service's readiness; leaving (by drop, on
 /// success, failure, panic or cancellation) hands the turn on.
 pub(crate) struct Turn<S> {
-    queue: Instance<S>,
+    queue: InstanceRef<S>,
     ticket: Option<u64>,
 }
 
 impl<S> Turn<S> {
-    pub(crate) fn new(queue: Instance<S>) -> Self {
+    pub(crate) fn new(queue: InstanceRef<S>) -> Self {
         Self {
             queue,
             ticket: None,
