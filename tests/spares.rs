@@ -691,6 +691,7 @@ async fn a_refusal_counts_the_spare_started_just_before() {
 /// then, long after `keep_alive`, a quick request, which only the spare
 /// can serve. The sleep is a lower bound only: the longer it lasts, the
 /// surer a spare that counted its streaming time as idle would have left.
+/// Once the stream ends, the spare retires.
 #[tokio::test]
 async fn a_spare_serving_a_stream_still_takes_work_past_its_keep_alive() {
     let layer = ThreadAffinityLayer::builder()
@@ -736,7 +737,13 @@ async fn a_spare_serving_a_stream_still_takes_work_past_its_keep_alive() {
     assert_eq!(collect(quick.into_body()).await, name_of(&layer, 1));
     assert_eq!(layer.stats().spares_retired(), 0);
 
+    // Once its stream ends (the reader goes), the spare is idle and
+    // retires, though worker 0 is still blocked: nothing waits for it.
     drop(stream);
+    until(&layer, "the spare to retire once its stream ended", |s| {
+        s.spares_retired() == 1 && s.threads() == 1
+    })
+    .await;
     gate.open();
     within("/block", blocked).await.unwrap().unwrap();
 }
