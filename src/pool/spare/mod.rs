@@ -171,7 +171,7 @@ impl Spares {
     }
 
     /// A spare's thread started.
-    pub(super) fn started(&self) {
+    pub(super) fn count_start(&self) {
         self.started.fetch_add(1, Relaxed);
     }
 

@@ -273,7 +273,7 @@ fn start(inner: &Arc<Inner>, shared: &Receiver<Envelope>, threads: usize) -> boo
     let queues = Queues::spare(shared.clone()).with_inbox(inner.inboxes.receiver(index));
     match worker::spawn(index, queues, inner.clone()) {
         Ok(()) => {
-            spares.started();
+            spares.count_start();
             trace::info!(
                 worker = index,
                 threads = threads + 1,
