@@ -29,6 +29,19 @@
 //! the job it took. (Passing the baton only after a keyed job measured no
 //! better within this machine's noise, and a fixed pool of 64 stalled in
 //! some runs without it.)
+//!
+//! Why not async-channel's own listeners (each waiting worker holding a
+//! `Recv` future per queue, a send notifying one): measured against a
+//! variant that did just that, kept out of main (2 cores, same sitting,
+//! binaries of both; `BLOCKING_ONLY=wait2ms,mix BLOCKING_VARIANTS=default,workers64
+//! BLOCKING_CALLS=1000 cargo bench --bench blocking`, 3 rounds, medians of
+//! ratios to `spawn_blocking`), 2 ms waits from the default builder ran at
+//! 0.96x with p99 1.39x (this set: 1.00x, 0.99x), the mix on 64 workers at
+//! 0.93x with the trivial calls' p99 2.06x (0.98x, 0.97x), and CPU per call
+//! rose from 22-25 to 32-36 µs. A listener wakes whichever worker listened
+//! first, busy in user code or not, and passes nothing on when the worker
+//! it woke takes another job and blocks. `dispatch` (trivial handler, 2
+//! workers) did not tell the two apart beyond its rounds' spread.
 
 use std::sync::atomic::Ordering::SeqCst;
 use std::task::Waker;
