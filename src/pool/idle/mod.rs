@@ -38,10 +38,11 @@
 //! ratios to `spawn_blocking`), 2 ms waits from the default builder ran at
 //! 0.96x with p99 1.39x (this set: 1.00x, 0.99x), the mix on 64 workers at
 //! 0.93x with the trivial calls' p99 2.06x (0.98x, 0.97x), and CPU per call
-//! rose from 22-25 to 32-36 µs. A listener wakes whichever worker listened
-//! first, busy in user code or not, and passes nothing on when the worker
-//! it woke takes another job and blocks. `dispatch` (trivial handler, 2
-//! workers) did not tell the two apart beyond its rounds' spread.
+//! rose from 22-25 to 32-36 µs. A send wakes whichever worker listened
+//! first, though its loop may have gone on into a handler that blocks, and
+//! a worker that takes a job while more waits wakes nobody for it.
+//! `dispatch` (trivial handler, 2 workers) did not tell the two apart
+//! beyond its rounds' spread.
 
 use std::sync::atomic::Ordering::SeqCst;
 use std::task::Waker;
