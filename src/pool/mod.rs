@@ -247,7 +247,7 @@ impl Pool {
                 match worker {
                     Some(index) => {
                         let woken = inner.idle.wake(index);
-                        if !woken && !counters.worker(index).alive.load(Ordering::SeqCst) {
+                        if !woken && !self.is_alive(index) {
                             if let Some(own) = queues[index].own() {
                                 self.reject_stranded(own);
                             }

@@ -87,6 +87,15 @@ impl Exit {
         self.inner.lifecycle.exited();
     }
 
+    /// This thread could not start (or start again): the ceiling comes
+    /// down to the threads left, without this one.
+    fn refused(&self, error: &io::Error) {
+        let inner = &self.inner;
+        inner
+            .spares
+            .refused(inner.counters.running().saturating_sub(1), error);
+    }
+
     /// No thread will serve this worker's own queue again (nor, once every
     /// core worker is given up, the shared one): answer what it holds, and
     /// go.
@@ -124,9 +133,7 @@ impl Drop for Exit {
                 // The next spare would fail as this one did: lower the
                 // ceiling to the threads left, as for a refused thread,
                 // rather than start (and lose) one at every look.
-                inner
-                    .spares
-                    .refused(inner.counters.running().saturating_sub(1), error);
+                self.refused(error);
             }
             // Counted however it ended, or the spares running
             // (`Spares::running`) would drift up with every spare lost.
@@ -158,9 +165,7 @@ impl Drop for Exit {
         }
         counters.replaced.fetch_add(1, Relaxed);
         if let Err(error) = (self.restart)(index, self.queues.clone(), inner.clone()) {
-            inner
-                .spares
-                .refused(inner.counters.running().saturating_sub(1), &error);
+            self.refused(&error);
             self.give_up();
         }
     }
