@@ -119,8 +119,7 @@ fn spin_before_waiting(queues: &Queues, state: &WorkerState) {
     if inner.idle.is_waiting(state.id.index()) {
         return;
     }
-    let threads = inner.config.workers as u64 + inner.spares.running();
-    if threads > state.cpus {
+    if state.threads() > state.cpus {
         return;
     }
     let has_work = || queues.more_shared() || queues.own().is_some_and(|own| !own.is_empty());

@@ -10,6 +10,7 @@ mod event_loop;
 mod exit;
 pub(in crate::pool) mod load;
 pub(in crate::pool) mod park;
+mod spin;
 pub(in crate::pool) mod state;
 pub(in crate::pool) mod unwind;
 
@@ -104,7 +105,7 @@ fn run_thread(id: WorkerId, queues: &Queues, inner: &Arc<Inner>) -> End {
             let _polling = inner.counters.polling(index);
             serving.as_mut().poll(cx)
         });
-        park::block_on(polled, &waker, &unpark)
+        park::block_on(polled, &waker, &unpark, || state.may_spin())
     }));
     let end = match served {
         Ok(true) => End::Retired,

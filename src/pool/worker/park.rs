@@ -12,10 +12,12 @@
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering::AcqRel};
+use std::sync::atomic::{AtomicBool, Ordering::AcqRel, Ordering::Acquire};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
+
+use super::spin::Spin;
 
 /// Wakes a parked worker thread.
 pub(crate) struct Unpark {
@@ -56,10 +58,17 @@ thread_local! {
 }
 
 /// Polls `future` on this thread until it is ready, parking while nothing
-/// woke it. `waker` and `unpark` are a pair from [`waker`].
-pub(crate) fn block_on<F: Future>(future: F, waker: &Waker, unpark: &Unpark) -> F::Output {
+/// woke it. `waker` and `unpark` are a pair from [`waker`]. Before each
+/// park it spins briefly if `may_spin` says so (see `spin.rs`).
+pub(crate) fn block_on<F: Future>(
+    future: F,
+    waker: &Waker,
+    unpark: &Unpark,
+    mut may_spin: impl FnMut() -> bool,
+) -> F::Output {
     let mut cx = Context::from_waker(waker);
     let mut future = pin!(future);
+    let mut spin = Spin::default();
     DEFERRED.with(|deferred| *deferred.borrow_mut() = Some(Vec::new()));
     loop {
         if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
@@ -81,9 +90,10 @@ pub(crate) fn block_on<F: Future>(future: F, waker: &Waker, unpark: &Unpark) -> 
         });
         // `park` may return spuriously (or for a token that user code
         // left): the flag, not the return, says that something woke us.
-        while !unpark.woken.swap(false, AcqRel) {
-            thread::park();
-        }
+        spin.wait(|| unpark.woken.load(Acquire), may_spin(), thread::park);
+        // A swap, not a store: it acquires what a wake-up that came after
+        // the wait's last look announced, so the next poll sees it.
+        unpark.woken.swap(false, AcqRel);
     }
 }
 
@@ -151,6 +161,7 @@ mod tests {
             }),
             &waker,
             &unpark,
+            || false,
         );
         assert_eq!(seen, [1, 2, 3]);
     }
@@ -172,6 +183,7 @@ mod tests {
             },
             &waker,
             &unpark,
+            || false,
         );
         assert_eq!(answer, 42);
     }

@@ -63,6 +63,19 @@ impl WorkerState {
         }
     }
 
+    /// Whether this worker, about to park, may spin first (see
+    /// `spin.rs`): only with requests in flight, whose wake-up may be a
+    /// moment away, and only while the pool runs no more threads than
+    /// cores.
+    pub(super) fn may_spin(&self) -> bool {
+        self.load.active() > 0 && self.threads() <= self.cpus
+    }
+
+    /// The pool's threads now: its core workers and the spares running.
+    pub(super) fn threads(&self) -> u64 {
+        self.inner.config.workers as u64 + self.inner.spares.running()
+    }
+
     pub(crate) fn inner(&self) -> &Arc<Inner> {
         &self.inner
     }
