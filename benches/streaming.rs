@@ -38,6 +38,11 @@
 //! halts and a wake-up costs tens of microseconds, is the untested case.
 //! `STREAM_READER=block_on` reads the old way, to see the difference.
 //!
+//! Since 2026-12-08 a worker whose stream waits for room spins (yielding)
+//! up to 30 µs before it parks (`pool/worker/spin.rs`): the writer then
+//! rarely parks, its reader rarely finds the buffer empty, and the parks
+//! per chunk fell from about 0.3 to 0.14 to 0.18.
+//!
 //! Then the `rows` case (see `streaming/rows.rs`): `STREAM_ROWS` (default
 //! 100,000; 0 skips it) rows of 100 bytes, one per item, for as many rounds.
 //!
