@@ -99,15 +99,19 @@ impl Spin {
         if may_spin && !spun {
             self.skip -= 1;
         }
-        let start = Instant::now();
-        if spun && spin_until(&is_woken, start + SPIN_LIMIT) {
-            self.failures = 0;
-            return Waited::Spun;
+        // The clock only for a spin: a worker that may not spin parks
+        // as it did before there was spinning.
+        let start = spun.then(Instant::now);
+        if let Some(start) = start {
+            if spin_until(&is_woken, start + SPIN_LIMIT) {
+                self.failures = 0;
+                return Waited::Spun;
+            }
         }
         while !is_woken() {
             park();
         }
-        if spun {
+        if let Some(start) = start {
             self.ran_out(start.elapsed());
         }
         Waited::Parked { spun }
