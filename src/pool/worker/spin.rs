@@ -48,15 +48,15 @@ const SPINS_PER_LOOK: u32 = 256;
 /// at most `SPIN_LIMIT / LONG_WAIT` (6%) of the wait.
 const LONG_WAIT: Duration = Duration::from_micros(500);
 
-/// After this many spins in a row that ran out, a worker spins on one wait
-/// in `2^MAX_BACKOFF`: a worker whose waits are long wastes a spin per 64
-/// of them.
+/// After this many spins in a row that each ran out before a long wait, a
+/// worker spins on one wait in `2^MAX_BACKOFF`: a worker whose waits are
+/// long wastes a spin per 64 of them.
 const MAX_BACKOFF: u32 = 6;
 
 /// A worker's record of its spins, to decide whether the next wait spins.
 #[derive(Debug, Default)]
 pub(crate) struct Spin {
-    /// Spins that ran out in a row, up to `MAX_BACKOFF`.
+    /// Spins in a row that ran out before a long wait, up to `MAX_BACKOFF`.
     failures: u32,
     /// Waits left to park at once before the next spin.
     skip: u32,
